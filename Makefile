@@ -1,0 +1,42 @@
+# Everything a fresh clone needs: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch lies on the build machines' disk; a looser pin downloads a CUDA build.
+TORCH_PIN ?= torch==2.13.0
+DEMO_DIR ?= runs/demo
+DEMO_SECONDS ?= 180
+
+.PHONY: install demo test lint bench bench-quality clean
+
+$(BIN)/charlstm: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[dev,plot]"
+	touch $@
+
+install: $(BIN)/charlstm
+
+demo: install
+	$(BIN)/charlstm train --out $(DEMO_DIR) --max-time $(DEMO_SECONDS) \
+		--hidden-size 256 --batch-size 32 --seq-len 64 --learning-rate 0.003 --dropout 0
+	$(BIN)/charlstm sample $(DEMO_DIR) --prime "Anna" --length 600 --top-k 5 --seed 1
+
+test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_sample.py
+	$(BIN)/python benchmarks/bench_data.py
+
+bench-quality: install
+	$(BIN)/python benchmarks/bench_quality.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,270 @@
+"""The Python API: `train`, `load`, and `CharModel` with `generate`, `stream`, `evaluate`.
+
+This module wires the stages together (text -> vocabulary -> batches -> model -> trainer ->
+checkpoint -> sampler); the CLI is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from . import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import StreamBatches, encode_corpus, read_corpus, split_train_val, validation_batches
+from .errors import CharLSTMError
+from .metrics import MetricsLog, score
+from .model import CharRNN
+from .sample import default_prime, generate_texts, stream_text
+from .trainer import Hooks, Trainer, pick_device
+from .vocab import Vocab
+
+MODEL_OPTIONS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
+TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
+EVAL_MAX_STREAMS = 64
+EVAL_CHUNK = 512
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate keyword options into model and training fields; anything else is an error."""
+    unknown = set(options) - set(MODEL_OPTIONS) - set(TRAIN_OPTIONS)
+    if unknown:
+        raise CharLSTMError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    model = {k: v for k, v in options.items() if k in MODEL_OPTIONS and v is not None}
+    train = {k: v for k, v in options.items() if k in TRAIN_OPTIONS}
+    return model, train
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CharLSTMError(f"{out_dir}: exists and is not a folder; choose another --out")
+    held = [name for name in ("best", "last", "metrics.jsonl") if (out_dir / name).exists()]
+    if held and not overwrite:
+        raise CharLSTMError(
+            f"{out_dir}: already holds a run ({', '.join(held)}); "
+            "choose another --out, or pass --overwrite to replace it"
+        )
+    for name in held:
+        target = out_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CharLSTMError(f"{out_dir}: cannot write there ({exc.strerror or exc})") from None
+
+
+def train(
+    paths: Iterable[str | Path] = (),
+    out_dir: str | Path = "runs/charlstm",
+    *,
+    encoding: str = "utf-8",
+    overwrite: bool = False,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[Trainer, torch.Tensor], None] | None = None,
+    on_eval: Callable[[Trainer, dict[str, float], bool], None] | None = None,
+    **options: Any,
+) -> Path:
+    """Train on the text files or folders in `paths` (none: the bundled novel).
+
+    `options` are the fields of `ModelConfig` and `TrainConfig` (`hidden_size=256`,
+    `max_time=60`, ...). Writes `out_dir/best`, `out_dir/last` and `out_dir/metrics.jsonl`
+    and returns `out_dir`. The callbacks see the run summary, each step and each evaluation.
+    """
+    model_options, train_options = split_options(options)
+    config = TrainConfig(**train_options)
+    out_dir = Path(out_dir)
+    text, sources = read_corpus(paths, encoding)
+    vocab = Vocab.from_text(text)
+    model_config = ModelConfig(vocab_size=len(vocab), **model_options)
+    ids = encode_corpus(text, vocab)
+    del text
+    train_ids, val_ids = split_train_val(ids, config.val_frac)
+    device = pick_device(config.device)
+    train_batches = StreamBatches(train_ids, config.batch_size, config.seq_len, device)
+    val_batches = validation_batches(val_ids, config.batch_size, config.seq_len, device)
+    _prepare_out_dir(out_dir, overwrite)
+
+    torch.manual_seed(config.seed)
+    model = CharRNN(model_config).to(device)
+    metrics = MetricsLog(out_dir / "metrics.jsonl")
+
+    def training_facts(trainer: Trainer, record: dict[str, float]) -> dict[str, Any]:
+        return {
+            "charlstm_version": __version__,
+            "config": config.to_dict(),
+            "data": sources,
+            "num_chars": len(ids),
+            "device": str(device),
+            "step": trainer.progress.step,
+            "epoch": record["epoch"],
+            "val_loss": record["val_loss"],
+            "best_val_loss": trainer.progress.best_val_loss,
+            "elapsed_s": record["elapsed_s"],
+        }
+
+    def after_eval(trainer: Trainer, record: dict[str, float], is_best: bool) -> None:
+        metrics.write(record)
+        facts = training_facts(trainer, record)
+        if is_best:
+            save_checkpoint(out_dir / "best", model, vocab, facts)
+        save_checkpoint(out_dir / "last", model, vocab, facts)
+        if on_eval:
+            on_eval(trainer, record, is_best)
+
+    trainer = Trainer(model, config, train_batches, val_batches, Hooks(on_step=on_step, on_eval=after_eval))
+    if on_start:
+        on_start(
+            {
+                "data": sources,
+                "num_chars": len(ids),
+                "vocab_size": len(vocab),
+                "train_chars": len(train_ids),
+                "val_chars": len(val_ids),
+                "device": str(device),
+                "parameters": model.num_parameters(),
+                "model": model_config.to_dict(),
+                "config": config.to_dict(),
+                "steps_per_epoch": trainer.steps_per_epoch,
+                "total_steps": trainer.total_steps,
+                "eval_interval": trainer.eval_interval,
+            }
+        )
+    trainer.fit()
+    return out_dir
+
+
+@dataclass
+class CharModel:
+    """A trained model with its vocabulary, ready to generate and score text."""
+
+    model: CharRNN
+    vocab: Vocab
+    training: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    def encode_prime(self, prime: str | None, drop_unknown: bool = False) -> tuple[str, list[int]]:
+        prime = default_prime(self.vocab) if prime is None or prime == "" else prime
+        ids = self.vocab.encode(prime, unknown="drop" if drop_unknown else "error", what="prime")
+        return prime, ids
+
+    def generate(
+        self,
+        prime: str | None = None,
+        length: int = 500,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        num_samples: int = 1,
+        seed: int | None = None,
+        drop_unknown: bool = False,
+    ) -> str | list[str]:
+        """The prime followed by `length` sampled characters; a list when `num_samples` > 1.
+
+        `temperature=0` is greedy. With no prime, sampling starts after a line break.
+        """
+        given = prime
+        prime, ids = self.encode_prime(prime, drop_unknown)
+        texts = generate_texts(
+            self.model,
+            self.vocab,
+            ids,
+            length,
+            num_samples=num_samples,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        shown = given or ""
+        texts = [shown + text for text in texts]
+        return texts[0] if num_samples == 1 else texts
+
+    def stream(
+        self,
+        prime: str | None = None,
+        length: int = 500,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        drop_unknown: bool = False,
+    ) -> Iterator[str]:
+        """The sampled characters one at a time, as they are produced (the prime not repeated)."""
+        _, ids = self.encode_prime(prime, drop_unknown)
+        return stream_text(
+            self.model,
+            self.vocab,
+            ids,
+            length,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+
+    @torch.inference_mode()
+    def evaluate(self, text: str) -> dict[str, float]:
+        """Loss (nats/char), bits per char and perplexity of `text`, predicting each character
+        from the ones before it. Unknown characters are skipped and counted. Long texts are
+        scored as up to 64 contiguous streams, each starting from an empty state."""
+        unknown = sum(1 for c in text if c not in self.vocab)
+        ids = self.vocab.encode(text, unknown="drop")
+        if len(ids) < 2:
+            raise CharLSTMError("the text needs at least 2 characters the model knows to be scored")
+        pairs = len(ids) - 1
+        rows = max(1, min(EVAL_MAX_STREAMS, pairs // 1024))
+        width = math.ceil(pairs / rows)
+        seq = torch.tensor(ids, device=self.device)
+        inputs = torch.zeros(rows * width, dtype=torch.long, device=self.device)
+        targets = torch.full((rows * width,), -100, dtype=torch.long, device=self.device)
+        inputs[:pairs], targets[:pairs] = seq[:-1], seq[1:]
+        inputs, targets = inputs.view(rows, width), targets.view(rows, width)
+        self.model.eval()
+        state, total = None, 0.0
+        for start in range(0, width, EVAL_CHUNK):
+            logits, state = self.model(inputs[:, start : start + EVAL_CHUNK], state)
+            chunk_targets = targets[:, start : start + EVAL_CHUNK]
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                chunk_targets.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            ).item()
+        return {**score(total, pairs), "num_chars": len(text), "unknown_chars": unknown}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        return save_checkpoint(path, self.model, self.vocab, self.training)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path) if self.path else None,
+            "model": self.config.to_dict(),
+            "parameters": self.model.num_parameters(),
+            "vocab": "".join(self.vocab.chars),
+            "training": self.training,
+        }
+
+
+def load(path: str | Path, device: str = "cpu") -> CharModel:
+    """Load a checkpoint folder, or a run folder (its best checkpoint), onto `device`."""
+    checkpoint = load_checkpoint(path, pick_device(device))
+    return CharModel(checkpoint.model, checkpoint.vocab, checkpoint.training, checkpoint.path)

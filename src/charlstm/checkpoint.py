@@ -1,0 +1,177 @@
+"""Checkpoints: a folder with `model.safetensors` and `config.json`, written atomically.
+
+Loading never unpickles: weights come from safetensors (a JSON header and raw bytes) and the
+JSON is checked against the expected schema and the model's shapes before any tensor is used.
+A folder is replaced by renaming, so a crash leaves the old checkpoint or the new one, never a
+mix: the new one is written beside it under a temporary name first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import CharLSTMError
+from .model import CharRNN
+from .vocab import Vocab
+
+FORMAT = "charlstm"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    model: CharRNN
+    vocab: Vocab
+    training: dict[str, Any]
+    path: Path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+
+
+def write_folder_atomically(path: Path, files: dict[str, bytes | Path]) -> Path:
+    """Create `path` holding `files` (name -> bytes, or a file to move in), replacing it whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = _sidecars(path)
+    if old.exists() and path.exists():
+        shutil.rmtree(old)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, content in files.items():
+        target = tmp / name
+        if isinstance(content, Path):
+            os.replace(content, target)
+        else:
+            target.write_bytes(content)
+        _fsync(target)
+    _fsync(tmp)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def save_checkpoint(path: str | Path, model: CharRNN, vocab: Vocab, training: dict[str, Any]) -> Path:
+    """Save weights (as CPU tensors), hyperparameters, vocabulary and training facts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CharLSTMError(f"{path}: exists and is not a folder; choose another --out")
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "vocab": list(vocab.chars),
+        "training": training,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights_tmp = path.with_name(f".{path.name}.weights")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(weights_tmp), metadata={"format": FORMAT})
+    payload = json.dumps(config, indent=2, ensure_ascii=False).encode("utf-8")
+    return write_folder_atomically(path, {CONFIG_FILE: payload, WEIGHTS_FILE: weights_tmp})
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (meaning its `best`, else its `last`)."""
+    path = Path(path)
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = path.parent
+    candidates = [path, path / "best", path / "last"]
+    for candidate in candidates + [_sidecars(c)[1] for c in candidates]:
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    if not path.exists():
+        raise CharLSTMError(f"{path}: no such checkpoint or run folder")
+    raise CharLSTMError(f"{path}: not a checkpoint (no {CONFIG_FILE} in it, nor in best/ or last/)")
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CharLSTMError(f"{path / CONFIG_FILE}: unreadable ({exc})") from None
+    _check_schema(path, config)
+    return config
+
+
+def _check_schema(path: Path, config: Any) -> None:
+    def fail(what: str) -> None:
+        raise CharLSTMError(f"{path / CONFIG_FILE}: {what}; the checkpoint is damaged or not charlstm's")
+
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        fail("not a charlstm config")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        fail(f"format version {version!r} is newer than this charlstm reads ({FORMAT_VERSION}); upgrade")
+    vocab, model = config.get("vocab"), config.get("model")
+    if not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
+        fail("'vocab' must be a list of single characters")
+    if not isinstance(model, dict):
+        fail("'model' must be an object")
+    if model.get("vocab_size") != len(vocab):
+        fail(f"'vocab' has {len(vocab)} characters but the model expects {model.get('vocab_size')}")
+    expected = {"cell": str, "hidden_size": int, "num_layers": int, "dropout": (int, float)}
+    for key, kind in expected.items():
+        if not isinstance(model.get(key), kind) or isinstance(model.get(key), bool):
+            fail(f"'model.{key}' is missing or of the wrong type")
+    if not isinstance(config.get("training", {}), dict):
+        fail("'training' must be an object")
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild the model from a checkpoint (or run) folder, onto `device`."""
+    path = resolve_checkpoint(path)
+    config = read_config(path)
+    model_config = ModelConfig.from_dict(config["model"])
+    vocab = Vocab(config["vocab"])
+    model = CharRNN(model_config)
+    weights_path = path / WEIGHTS_FILE
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except FileNotFoundError:
+        raise CharLSTMError(f"{weights_path}: missing; the checkpoint is incomplete") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CharLSTMError(f"{weights_path}: not a valid safetensors file ({exc})") from None
+    expected = model.state_dict()
+    if set(tensors) != set(expected):
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        raise CharLSTMError(
+            f"{weights_path}: tensors do not match {CONFIG_FILE} (missing {missing}, unexpected {extra})"
+        )
+    for name, tensor in tensors.items():
+        want = expected[name]
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
+            raise CharLSTMError(
+                f"{weights_path}: {name} is {tuple(tensor.shape)} {tensor.dtype}, but {CONFIG_FILE} "
+                f"implies {tuple(want.shape)} {want.dtype}"
+            )
+    model.load_state_dict(tensors)
+    model.to(device).eval()
+    return Checkpoint(model=model, vocab=vocab, training=config.get("training", {}), path=path)

@@ -1,0 +1,269 @@
+"""Command line: `charlstm train | sample | eval | info`. The only module that reads argv,
+prints, and sets exit codes; everything else is the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+import typing
+from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from typing import Any
+
+import torch
+
+from . import __version__
+from .api import load, train
+from .config import ModelConfig, TrainConfig
+from .data import read_corpus
+from .errors import CharLSTMError
+from .metrics import format_record
+from .trainer import Trainer
+
+PROGRESS_REFRESH_S = 1.0
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type, title: str, skip: Sequence[str] = ()
+) -> None:
+    """One flag per dataclass field: the type, default, choices and help come from the field."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        default = None if f.default is MISSING else f.default
+        shown = "" if default is None else f" (default: {default})"
+        group.add_argument(
+            _flag(f.name),
+            type=base,
+            default=None,
+            choices=f.metadata.get("choices"),
+            help=f.metadata.get("help", "") + shown,
+        )
+
+
+def _given(args: argparse.Namespace, cls: type, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Only the options the user typed, so the dataclass defaults stay the one source of truth."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(cls)
+        if f.name not in skip and getattr(args, f.name, None) is not None
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="charlstm", description="Character-level LSTM/GRU/RNN language models."
+    )
+    parser.add_argument("--version", action="version", version=f"charlstm {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a model on text files (default: the bundled novel)")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="text files or folders of *.txt files")
+    p.add_argument("--out", default="runs/charlstm", help="run folder (default: runs/charlstm)")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the files (default: utf-8)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+    add_config_flags(p, ModelConfig, "model", skip=("vocab_size",))
+    add_config_flags(p, TrainConfig, "training")
+
+    p = commands.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder, or a run folder (its best)")
+    p.add_argument("--prime", default=None, help="text to start from (default: a line break)")
+    p.add_argument("--length", type=int, default=500, help="characters to generate (default: 500)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest characters")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
+    p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
+    p.add_argument("--drop-unknown", action="store_true", help="drop prime characters never seen")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+
+    p = commands.add_parser("eval", help="score a text: loss, bits per character, perplexity")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="text files or folders")
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = commands.add_parser("info", help="describe a checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+class ProgressReporter:
+    """A tqdm bar (step/total, epoch, losses, chars/s, ETA) and a line per evaluation."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.last_refresh = 0.0
+        self.val = "-"
+
+    def on_start(self, summary: dict[str, Any]) -> None:
+        model, config = summary["model"], summary["config"]
+        lines = [
+            f"data: {', '.join(summary['data'])} ({summary['num_chars']:,} characters, "
+            f"vocabulary {summary['vocab_size']})",
+            f"model: {model['num_layers']} x {model['hidden_size']} {model['cell'].upper()}, "
+            f"dropout {model['dropout']}, {summary['parameters']:,} parameters, on {summary['device']}",
+            f"training: batch {config['batch_size']} x seq {config['seq_len']}, lr "
+            f"{config['learning_rate']}, {summary['steps_per_epoch']} steps per epoch, "
+            f"{summary['total_steps']} steps, validation every {summary['eval_interval']} steps",
+        ]
+        if self.quiet:
+            return
+        print("\n".join(lines), file=sys.stderr)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=summary["total_steps"], unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def on_step(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self.last_refresh >= PROGRESS_REFRESH_S:
+            self.last_refresh = now
+            progress = trainer.progress
+            epoch = progress.epoch + progress.window / trainer.steps_per_epoch
+            rate = self.bar.format_dict.get("rate") or 0.0
+            chars = rate * trainer.train_batches.batch_size * trainer.train_batches.seq_len
+            self.bar.set_postfix_str(
+                f"epoch {epoch:.2f} loss {loss.item():.3f} val {self.val} {chars:,.0f} chars/s",
+                refresh=False,
+            )
+
+    def on_eval(self, trainer: Trainer, record: dict[str, float], is_best: bool) -> None:
+        self.val = f"{record['val_loss']:.3f}"
+        if self.bar is not None:
+            self.bar.write(format_record(record) + ("  *best" if is_best else ""), file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    reporter = ProgressReporter(args.quiet)
+    options = {**_given(args, ModelConfig, ("vocab_size",)), **_given(args, TrainConfig)}
+    try:
+        out = train(
+            args.paths,
+            args.out,
+            encoding=args.encoding,
+            overwrite=args.overwrite,
+            on_start=reporter.on_start,
+            on_step=reporter.on_step,
+            on_eval=reporter.on_eval,
+            **options,
+        )
+    finally:
+        reporter.close()
+    best = load(out)
+    print(
+        f"saved {out}/best (val loss {best.training.get('best_val_loss', float('nan')):.4f} nats/char) "
+        f"and {out}/last; sample with: charlstm sample {out}"
+    )
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    model = load(args.checkpoint, args.device)
+    options = dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        drop_unknown=args.drop_unknown,
+    )
+    if args.top_k is not None and args.top_k > len(model.vocab):
+        print(
+            f"note: --top-k {args.top_k} is above the vocabulary size; using {len(model.vocab)}",
+            file=sys.stderr,
+        )
+        options["top_k"] = len(model.vocab)
+    if args.num_samples == 1:
+        chars = model.stream(args.prime, args.length, **options)
+        sys.stdout.write(args.prime or "")
+        for char in chars:
+            sys.stdout.write(char)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    texts = model.generate(args.prime, args.length, num_samples=args.num_samples, **options)
+    for number, text in enumerate(texts, start=1):
+        print(f"===== sample {number} of {len(texts)} =====")
+        print(text)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    model = load(args.checkpoint, args.device)
+    text, _ = read_corpus(args.paths, args.encoding)
+    result = model.evaluate(text)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"loss {result['loss']:.4f} nats/char  {result['bpc']:.4f} bits/char  "
+            f"perplexity {result['perplexity']:.3f}  ({result['num_chars']:,} characters, "
+            f"{result['unknown_chars']:,} outside the vocabulary)"
+        )
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = load(args.checkpoint).info()
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+        return 0
+    model, training = info["model"], info["training"]
+    print(f"checkpoint: {info['path']}")
+    print(
+        f"model: {model['num_layers']} x {model['hidden_size']} {model['cell'].upper()}, dropout "
+        f"{model['dropout']}, {info['parameters']:,} parameters"
+    )
+    print(f"vocabulary: {len(info['vocab'])} characters: {info['vocab']!r}")
+    if training:
+        print(
+            f"trained: {training.get('step')} steps ({training.get('epoch')} epochs) in "
+            f"{training.get('elapsed_s')}s on {training.get('device')}; best val loss "
+            f"{training.get('best_val_loss')} nats/char; data: {', '.join(training.get('data', []))}"
+        )
+    return 0
+
+
+COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "info": run_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return COMMANDS[args.command](args)
+    except CharLSTMError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"charlstm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("charlstm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

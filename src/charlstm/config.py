@@ -1,0 +1,113 @@
+"""Frozen, typed configuration with validation that explains itself.
+
+`ModelConfig` is what a checkpoint needs to rebuild the network; `TrainConfig` is how it was
+trained. The CLI derives its flags from the fields (see `cli.py`), so each field's `help`
+metadata is the single place an option is documented in code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import CharLSTMError
+
+CELLS = ("lstm", "gru", "rnn")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise CharLSTMError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    cell: str = _opt("lstm", "recurrent cell", choices=CELLS)
+    hidden_size: int = _opt(512, "units per recurrent layer")
+    num_layers: int = _opt(2, "stacked recurrent layers")
+    dropout: float = _opt(0.5, "dropout between layers and before the output layer")
+    embedding_size: int | None = _opt(
+        None, "size of the character embedding (default: min(vocabulary, hidden size))"
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.vocab_size >= 2, f"vocabulary must hold at least 2 characters, not {self.vocab_size}")
+        _require(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        _require(self.hidden_size >= 1, f"--hidden-size must be at least 1, not {self.hidden_size}")
+        _require(self.num_layers >= 1, f"--num-layers must be at least 1, not {self.num_layers}")
+        _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), not {self.dropout}")
+        if self.embedding_size is not None:
+            _require(
+                self.embedding_size >= 1,
+                f"--embedding-size must be at least 1, not {self.embedding_size}",
+            )
+
+    @property
+    def input_size(self) -> int:
+        if self.embedding_size is not None:
+            return self.embedding_size
+        return min(self.vocab_size, self.hidden_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = _opt(100, "parallel streams (rows the text is cut into)")
+    seq_len: int = _opt(100, "characters per truncated-BPTT window")
+    learning_rate: float = _opt(0.001, "Adam learning rate")
+    grad_clip: float = _opt(5.0, "clip the gradient norm to this (0 turns clipping off)")
+    val_frac: float = _opt(0.1, "fraction of the text, taken from its end, held out for validation")
+    epochs: int = _opt(20, "passes over the training text")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps")
+    max_time: float | None = _opt(None, "stop after this many seconds of training")
+    eval_interval: int | None = _opt(
+        None, "steps between validations (default: keeps validation near 10%% of the time)"
+    )
+    seed: int = _opt(1, "seed for weights, dropout and sampling")
+    device: str = _opt("auto", "where to train", choices=DEVICES)
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+        _require(self.seq_len >= 1, f"--seq-len must be at least 1, not {self.seq_len}")
+        _require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"--learning-rate must be a positive number, not {self.learning_rate}",
+        )
+        _require(
+            math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+            f"--grad-clip must be zero (off) or positive, not {self.grad_clip}",
+        )
+        _require(0.0 < self.val_frac < 1.0, f"--val-frac must be between 0 and 1, not {self.val_frac}")
+        _require(self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}")
+        if self.max_steps is not None:
+            _require(self.max_steps >= 1, f"--max-steps must be at least 1, not {self.max_steps}")
+        if self.max_time is not None:
+            _require(self.max_time > 0, f"--max-time must be positive, not {self.max_time}")
+        if self.eval_interval is not None:
+            _require(self.eval_interval >= 1, f"--eval-interval must be at least 1, not {self.eval_interval}")
+        _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(**_known_fields(cls, data))
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}

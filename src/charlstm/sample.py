@@ -1,0 +1,113 @@
+"""Sampling: temperature, top-k and top-p as in Hugging Face's `generate`, with carried state.
+
+The prime is fed once; after that each step feeds one character per stream and carries the
+recurrent state, so producing n characters costs n single-step passes, never a re-read of the
+context. Several samples are one batch: streams share every matrix product.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from .errors import CharLSTMError
+from .model import CharRNN
+from .vocab import Vocab
+
+
+def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not math.isfinite(temperature) or temperature < 0:
+        raise CharLSTMError(f"--temperature must be 0 (greedy) or positive, not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise CharLSTMError(f"--top-k must be at least 1, not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise CharLSTMError(f"--top-p must be in (0, 1], not {top_p}")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """logits (N, V) -> next ids (N,). Temperature first, then top-k, then top-p; 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens before it already reach top_p (the first always stays).
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def default_prime(vocab: Vocab) -> str:
+    """What to start from when the user gives no prime: a new line where the text had one."""
+    for candidate in ("\n", " "):
+        if candidate in vocab:
+            return candidate
+    return vocab.chars[0]
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+@torch.inference_mode()
+def stream_ids(
+    model: CharRNN,
+    prime_ids: list[int],
+    length: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    num_samples: int = 1,
+    seed: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield `length` steps of next ids, each (num_samples,), after feeding `prime_ids` once."""
+    check_sampling_options(temperature, top_k, top_p)
+    if not prime_ids:
+        raise CharLSTMError("the prime is empty after dropping unknown characters; give another prime")
+    if length < 0 or num_samples < 1:
+        raise CharLSTMError("--length must be 0 or more and --num-samples at least 1")
+    model.eval()
+    device = model.head.weight.device
+    generator = make_generator(seed, device)
+    prime = torch.tensor(prime_ids, device=device).expand(num_samples, -1)  # (N, P)
+    logits, state = model(prime)
+    for _ in range(length):
+        next_ids = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (N,)
+        yield next_ids
+        logits, state = model(next_ids[:, None], state)
+
+
+def stream_text(model: CharRNN, vocab: Vocab, prime_ids: list[int], length: int, **options) -> Iterator[str]:
+    """Characters of a single sample as they are produced."""
+    for ids in stream_ids(model, prime_ids, length, num_samples=1, **options):
+        yield vocab.chars[int(ids[0])]
+
+
+def generate_texts(
+    model: CharRNN, vocab: Vocab, prime_ids: list[int], length: int, num_samples: int = 1, **options
+) -> list[str]:
+    """`num_samples` continuations of the prime, generated as one batch (prime not included)."""
+    steps = list(stream_ids(model, prime_ids, length, num_samples=num_samples, **options))
+    if not steps:
+        return [""] * num_samples
+    ids = torch.stack(steps, dim=1).tolist()  # (N, length)
+    return [vocab.decode(row) for row in ids]
