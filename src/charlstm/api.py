@@ -17,9 +17,17 @@ import torch
 from torch.nn import functional as F
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_config, save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data import StreamBatches, encode_corpus, read_corpus, split_train_val, validation_batches
+from .data import (
+    BUNDLED_NAME,
+    StreamBatches,
+    encode_corpus,
+    find_text_files,
+    read_corpus,
+    split_train_val,
+    validation_batches,
+)
 from .errors import CharLSTMError
 from .metrics import MetricsLog, score
 from .model import CharRNN
@@ -33,13 +41,27 @@ EVAL_MAX_STREAMS = 64
 EVAL_CHUNK = 512
 
 
+# Options a resumed run may change; any other option must match the checkpoint.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "epochs",
+        "max_steps",
+        "max_time",
+        "eval_interval",
+        "checkpoint_interval",
+        "checkpoint_seconds",
+        "device",
+    }
+)
+
+
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Separate keyword options into model and training fields; anything else is an error."""
     unknown = set(options) - set(MODEL_OPTIONS) - set(TRAIN_OPTIONS)
     if unknown:
         raise CharLSTMError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     model = {k: v for k, v in options.items() if k in MODEL_OPTIONS and v is not None}
-    train = {k: v for k, v in options.items() if k in TRAIN_OPTIONS}
+    train = {k: v for k, v in options.items() if k in TRAIN_OPTIONS and v is not None}
     return model, train
 
 
@@ -49,8 +71,8 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     held = [name for name in ("best", "last", "metrics.jsonl") if (out_dir / name).exists()]
     if held and not overwrite:
         raise CharLSTMError(
-            f"{out_dir}: already holds a run ({', '.join(held)}); "
-            "choose another --out, or pass --overwrite to replace it"
+            f"{out_dir}: already holds a run ({', '.join(held)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
         )
     for name in held:
         target = out_dir / name
@@ -64,65 +86,141 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise CharLSTMError(f"{out_dir}: cannot write there ({exc.strerror or exc})") from None
 
 
+@dataclass
+class _Resume:
+    """The run found in `out_dir/last` and the options merged with it."""
+
+    checkpoint: Path
+    training: dict[str, Any]
+    vocab: list[str]
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def _open_resume(
+    out_dir: Path,
+    paths: list[str | Path],
+    encoding: str,
+    model_options: dict[str, Any],
+    train_options: dict[str, Any],
+) -> tuple[_Resume, list[str | Path], str, dict[str, Any], dict[str, Any]]:
+    last = out_dir / "last"
+    if not (last / CONFIG_FILE).is_file():
+        raise CharLSTMError(f"{out_dir}: no run to resume (no last/ checkpoint); start it without --resume")
+    config = read_config(last)
+    tensors, meta = load_trainer_state(last)
+    training = config.get("training", {})
+    saved_train = training.get("config", {})
+    conflicts = [
+        f"--{k.replace('_', '-')} {v} (run has {saved_train.get(k)})"
+        for k, v in train_options.items()
+        if k not in RESUMABLE_CHANGES and saved_train.get(k) != v
+    ]
+    conflicts += [
+        f"--{k.replace('_', '-')} {v} (run has {config['model'].get(k)})"
+        for k, v in model_options.items()
+        if config["model"].get(k) != v
+    ]
+    saved_sources = training.get("data", [])
+    sources = [] if saved_sources == [BUNDLED_NAME] else saved_sources
+    if paths and [str(f) for f in find_text_files(paths)] != sources:
+        conflicts.append(f"data {[str(p) for p in paths]} (run trained on {saved_sources})")
+    if conflicts:
+        raise CharLSTMError(
+            f"cannot resume {out_dir} with options that contradict it: {'; '.join(conflicts)}; "
+            "drop them, or start a new run in another --out"
+        )
+    model_options = {k: config["model"][k] for k in MODEL_OPTIONS if k in config["model"]}
+    train_options = {**saved_train, **train_options}
+    resume = _Resume(last, training, config["vocab"], tensors, meta)
+    return resume, sources, training.get("encoding", encoding), model_options, train_options
+
+
 def train(
     paths: Iterable[str | Path] = (),
     out_dir: str | Path = "runs/charlstm",
     *,
     encoding: str = "utf-8",
     overwrite: bool = False,
+    resume: bool = False,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[Trainer, torch.Tensor], None] | None = None,
     on_eval: Callable[[Trainer, dict[str, float], bool], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
     **options: Any,
 ) -> Path:
     """Train on the text files or folders in `paths` (none: the bundled novel).
 
     `options` are the fields of `ModelConfig` and `TrainConfig` (`hidden_size=256`,
     `max_time=60`, ...). Writes `out_dir/best`, `out_dir/last` and `out_dir/metrics.jsonl`
-    and returns `out_dir`. The callbacks see the run summary, each step and each evaluation.
+    and returns `out_dir`. `resume=True` continues the run in `out_dir` exactly where its
+    `last` checkpoint stopped. The callbacks see the run summary, each step and each
+    evaluation; `should_stop` is polled every step (the CLI sets it on Ctrl-C).
     """
-    model_options, train_options = split_options(options)
-    config = TrainConfig(**train_options)
     out_dir = Path(out_dir)
+    paths = list(paths)
+    model_options, train_options = split_options(options)
+    resumed = None
+    if resume:
+        resumed, paths, encoding, model_options, train_options = _open_resume(
+            out_dir, paths, encoding, model_options, train_options
+        )
+    config = TrainConfig.from_dict(train_options)
     text, sources = read_corpus(paths, encoding)
     vocab = Vocab.from_text(text)
-    model_config = ModelConfig(vocab_size=len(vocab), **model_options)
     ids = encode_corpus(text, vocab)
     del text
+    if resumed and (list(vocab.chars) != resumed.vocab or len(ids) != resumed.training.get("num_chars")):
+        raise CharLSTMError(
+            f"cannot resume {out_dir}: its text has changed since the run started "
+            f"({len(ids):,} characters now, {resumed.training.get('num_chars'):,} then)"
+        )
+    model_config = ModelConfig(vocab_size=len(vocab), **model_options)
     train_ids, val_ids = split_train_val(ids, config.val_frac)
     device = pick_device(config.device)
     train_batches = StreamBatches(train_ids, config.batch_size, config.seq_len, device)
     val_batches = validation_batches(val_ids, config.batch_size, config.seq_len, device)
-    _prepare_out_dir(out_dir, overwrite)
+    if not resumed:
+        _prepare_out_dir(out_dir, overwrite)
 
     torch.manual_seed(config.seed)
-    model = CharRNN(model_config).to(device)
+    model = CharRNN(model_config)
+    if resumed:
+        model.load_state_dict(load_checkpoint(resumed.checkpoint).model.state_dict())
+    model.to(device)
     metrics = MetricsLog(out_dir / "metrics.jsonl")
 
-    def training_facts(trainer: Trainer, record: dict[str, float]) -> dict[str, Any]:
+    def training_facts(trainer: Trainer) -> dict[str, Any]:
+        last = trainer.progress.history[-1] if trainer.progress.history else {}
         return {
             "charlstm_version": __version__,
             "config": config.to_dict(),
             "data": sources,
+            "encoding": encoding,
             "num_chars": len(ids),
             "device": str(device),
             "step": trainer.progress.step,
-            "epoch": record["epoch"],
-            "val_loss": record["val_loss"],
+            "epoch": round(trainer.progress.epoch + trainer.progress.window / trainer.steps_per_epoch, 4),
+            "val_loss": last.get("val_loss"),
             "best_val_loss": trainer.progress.best_val_loss,
-            "elapsed_s": record["elapsed_s"],
+            "elapsed_s": round(trainer.progress.elapsed_s, 2),
         }
 
     def after_eval(trainer: Trainer, record: dict[str, float], is_best: bool) -> None:
         metrics.write(record)
-        facts = training_facts(trainer, record)
         if is_best:
-            save_checkpoint(out_dir / "best", model, vocab, facts)
-        save_checkpoint(out_dir / "last", model, vocab, facts)
+            save_checkpoint(out_dir / "best", model, vocab, training_facts(trainer))
         if on_eval:
             on_eval(trainer, record, is_best)
 
-    trainer = Trainer(model, config, train_batches, val_batches, Hooks(on_step=on_step, on_eval=after_eval))
+    def save_last(trainer: Trainer) -> None:
+        save_checkpoint(out_dir / "last", model, vocab, training_facts(trainer), trainer.state_dict())
+
+    hooks = Hooks(on_step=on_step, on_eval=after_eval, on_save=save_last, should_stop=should_stop)
+    trainer = Trainer(model, config, train_batches, val_batches, hooks)
+    if resumed:
+        trainer.load_state_dict(resumed.tensors, resumed.meta)
+        metrics.rewrite(trainer.progress.history)
     if on_start:
         on_start(
             {
@@ -137,7 +235,9 @@ def train(
                 "config": config.to_dict(),
                 "steps_per_epoch": trainer.steps_per_epoch,
                 "total_steps": trainer.total_steps,
+                "start_step": trainer.progress.step,
                 "eval_interval": trainer.eval_interval,
+                "resumed": resumed is not None,
             }
         )
     trainer.fit()

@@ -28,6 +28,8 @@ FORMAT = "charlstm"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+TRAINER_TENSORS_FILE = "trainer.safetensors"
+TRAINER_META_FILE = "trainer.json"
 
 
 @dataclass
@@ -77,8 +79,15 @@ def write_folder_atomically(path: Path, files: dict[str, bytes | Path]) -> Path:
     return path
 
 
-def save_checkpoint(path: str | Path, model: CharRNN, vocab: Vocab, training: dict[str, Any]) -> Path:
-    """Save weights (as CPU tensors), hyperparameters, vocabulary and training facts."""
+def save_checkpoint(
+    path: str | Path,
+    model: CharRNN,
+    vocab: Vocab,
+    training: dict[str, Any],
+    trainer_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+) -> Path:
+    """Save weights (as CPU tensors), hyperparameters, vocabulary and training facts; with
+    `trainer_state` also what resuming needs (optimizer, RNGs, position), likewise pickle-free."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CharLSTMError(f"{path}: exists and is not a folder; choose another --out")
@@ -90,11 +99,54 @@ def save_checkpoint(path: str | Path, model: CharRNN, vocab: Vocab, training: di
         "training": training,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    weights_tmp = path.with_name(f".{path.name}.weights")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(weights_tmp), metadata={"format": FORMAT})
-    payload = json.dumps(config, indent=2, ensure_ascii=False).encode("utf-8")
-    return write_folder_atomically(path, {CONFIG_FILE: payload, WEIGHTS_FILE: weights_tmp})
+    files: dict[str, bytes | Path] = {CONFIG_FILE: _json_bytes(config)}
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    files[WEIGHTS_FILE] = _save_tensors(path, WEIGHTS_FILE, weights)
+    if trainer_state is not None:
+        tensors, meta = trainer_state
+        files[TRAINER_TENSORS_FILE] = _save_tensors(path, TRAINER_TENSORS_FILE, tensors)
+        files[TRAINER_META_FILE] = _json_bytes(meta)
+    try:
+        return write_folder_atomically(path, files)
+    except OSError as exc:
+        raise CharLSTMError(
+            f"{path}: could not save the checkpoint ({exc.strerror or exc}); the previous one is kept"
+        ) from None
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, ensure_ascii=False, allow_nan=True).encode("utf-8")
+
+
+def _save_tensors(folder: Path, name: str, tensors: dict[str, torch.Tensor]) -> Path:
+    staged = folder.with_name(f".{folder.name}.{name}")
+    try:
+        save_file(tensors, str(staged), metadata={"format": FORMAT})
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        raise CharLSTMError(
+            f"{folder}: could not save the checkpoint ({exc.strerror or exc}); the previous one is kept"
+        ) from None
+    return staged
+
+
+def load_trainer_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The resumable state saved beside a checkpoint's weights (only `last` has it)."""
+    path = Path(path)
+    meta_path, tensors_path = path / TRAINER_META_FILE, path / TRAINER_TENSORS_FILE
+    if not meta_path.is_file() or not tensors_path.is_file():
+        raise CharLSTMError(f"{path}: holds no training state to resume from (is it a run's last/?)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(tensors_path), device="cpu")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError, ValueError) as exc:
+        raise CharLSTMError(f"{path}: training state unreadable ({exc}); the checkpoint is damaged") from None
+    progress = meta.get("progress") if isinstance(meta, dict) else None
+    if not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
+        raise CharLSTMError(f"{meta_path}: not charlstm training state; the checkpoint is damaged")
+    if "rng.torch" not in tensors or tensors["rng.torch"].dtype != torch.uint8:
+        raise CharLSTMError(f"{tensors_path}: the random-number state is missing or damaged")
+    return tensors, meta
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/charlstm", help="run folder (default: runs/charlstm)")
     p.add_argument("--encoding", default="utf-8", help="text encoding of the files (default: utf-8)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument(
+        "--resume", metavar="DIR", default=None, help="continue the run in DIR exactly where DIR/last stopped"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
     add_config_flags(p, ModelConfig, "model", skip=("vocab_size",))
     add_config_flags(p, TrainConfig, "training")
@@ -128,7 +132,15 @@ class ProgressReporter:
         print("\n".join(lines), file=sys.stderr)
         from tqdm import tqdm
 
-        self.bar = tqdm(total=summary["total_steps"], unit="step", dynamic_ncols=True, file=sys.stderr)
+        if summary["resumed"]:
+            print(f"resuming at step {summary['start_step']}", file=sys.stderr)
+        self.bar = tqdm(
+            total=summary["total_steps"],
+            initial=summary["start_step"],
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def on_step(self, trainer: Trainer, loss: torch.Tensor) -> None:
         if self.bar is None:
@@ -156,22 +168,59 @@ class ProgressReporter:
             self.bar.close()
 
 
+class StopSignals:
+    """Ctrl-C and SIGTERM ask training to stop after the current step and save; a second
+    Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def should_stop(self) -> bool:
+        return self.received is not None
+
+
 def run_train(args: argparse.Namespace) -> int:
     reporter = ProgressReporter(args.quiet)
     options = {**_given(args, ModelConfig, ("vocab_size",)), **_given(args, TrainConfig)}
-    try:
-        out = train(
-            args.paths,
-            args.out,
-            encoding=args.encoding,
-            overwrite=args.overwrite,
-            on_start=reporter.on_start,
-            on_step=reporter.on_step,
-            on_eval=reporter.on_eval,
-            **options,
+    out_dir = args.resume or args.out
+    with StopSignals() as signals:
+        try:
+            out = train(
+                args.paths,
+                out_dir,
+                encoding=args.encoding,
+                overwrite=args.overwrite,
+                resume=args.resume is not None,
+                on_start=reporter.on_start,
+                on_step=reporter.on_step,
+                on_eval=reporter.on_eval,
+                should_stop=signals.should_stop,
+                **options,
+            )
+        finally:
+            reporter.close()
+    if signals.received is not None:
+        name = "SIGINT" if signals.received == signal.SIGINT else "SIGTERM"
+        print(
+            f"charlstm: stopped by {name}; {out}/last is saved; resume with: charlstm train --resume {out}",
+            file=sys.stderr,
         )
-    finally:
-        reporter.close()
+        return 128 + signals.received
     best = load(out)
     print(
         f"saved {out}/best (val loss {best.training.get('best_val_loss', float('nan')):.4f} nats/char) "

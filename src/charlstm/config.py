@@ -76,6 +76,10 @@ class TrainConfig:
     eval_interval: int | None = _opt(
         None, "steps between validations (default: keeps validation near 10%% of the time)"
     )
+    checkpoint_interval: int | None = _opt(None, "also save DIR/last every this many steps")
+    checkpoint_seconds: float = _opt(
+        300.0, "also save DIR/last when this many seconds passed since the last save (0: never)"
+    )
     seed: int = _opt(1, "seed for weights, dropout and sampling")
     device: str = _opt("auto", "where to train", choices=DEVICES)
 
@@ -98,6 +102,15 @@ class TrainConfig:
             _require(self.max_time > 0, f"--max-time must be positive, not {self.max_time}")
         if self.eval_interval is not None:
             _require(self.eval_interval >= 1, f"--eval-interval must be at least 1, not {self.eval_interval}")
+        if self.checkpoint_interval is not None:
+            _require(
+                self.checkpoint_interval >= 1,
+                f"--checkpoint-interval must be at least 1, not {self.checkpoint_interval}",
+            )
+        _require(
+            math.isfinite(self.checkpoint_seconds) and self.checkpoint_seconds >= 0,
+            f"--checkpoint-seconds must be 0 (off) or positive, not {self.checkpoint_seconds}",
+        )
         _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -92,16 +92,18 @@ def ids_dtype(vocab_size: int) -> np.dtype:
 def encode_corpus(text: str, vocab: Vocab) -> np.ndarray:
     """Ids of `text` as a compact array, encoded in chunks to bound the memory it takes."""
     codepoints = np.fromiter((ord(c) for c in vocab.chars), dtype=np.uint32, count=len(vocab))
+    order = np.argsort(codepoints, kind="stable")  # a vocabulary need not be in code-point order
+    codepoints = codepoints[order]
     out = np.empty(len(text), dtype=ids_dtype(len(vocab)))
     for start in range(0, len(text), _ENCODE_CHUNK):
         chunk = text[start : start + _ENCODE_CHUNK]
         points = np.frombuffer(chunk.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        ids = np.searchsorted(codepoints, points).clip(max=len(vocab) - 1)
-        if not np.array_equal(codepoints[ids], points):
+        ranks = np.searchsorted(codepoints, points).clip(max=len(vocab) - 1)
+        if not np.array_equal(codepoints[ranks], points):
             raise CharLSTMError(
                 f"the text has characters the model never saw: {describe_chars(vocab.unknown(chunk))}"
             )
-        out[start : start + len(chunk)] = ids
+        out[start : start + len(chunk)] = order[ranks]
     return out
 
 

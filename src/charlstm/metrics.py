@@ -31,6 +31,12 @@ class MetricsLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        """Replace the log with `records` (a resumed run drops lines written after its checkpoint)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        tmp.replace(self.path)
+
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []

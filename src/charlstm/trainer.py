@@ -1,32 +1,41 @@
 """The training loop: truncated BPTT over contiguous streams, Adam, clipping, periodic validation.
 
 `Trainer` owns no paths and prints nothing: progress, metrics and checkpoints happen in hooks,
-so the same loop serves the CLI, the Python API and the tests.
+so the same loop serves the CLI, the Python API and the tests. Everything a resumed run needs
+(optimizer, RNGs, data position, carried state, history) comes out of `state_dict()` as plain
+tensors plus JSON, so it can be stored without pickle.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .config import TrainConfig
 from .data import StreamBatches
+from .errors import CharLSTMError
 from .model import CharRNN, State, detach_state
 
 # A forward pass costs about a third of a training step; validating every
 # EVAL_COST_FACTOR x (validation windows) steps keeps validation near 10% of the time.
 EVAL_COST_FACTOR = 3.5
+# Adam's hyperparameters restored on resume; its implementation flags (fused, foreach)
+# stay those of the device the run resumes on.
+ADAM_NUMERIC = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
 
 
 @dataclass
 class Progress:
-    """Where the run is; everything here is what a resumed run needs besides tensors."""
+    """Where the run is; with the tensors of `Trainer.state_dict` this is all a resume needs."""
 
     step: int = 0
     epoch: int = 0
@@ -38,12 +47,17 @@ class Progress:
 
 @dataclass
 class Hooks:
-    """Callbacks; each receives the trainer. `on_step` also gets the step's loss tensor
-    (read it with `.item()` only when needed: on a GPU that waits for the device);
-    `on_eval` gets the metrics record and whether it is the best validation loss so far."""
+    """Callbacks, each receiving the trainer.
+
+    `on_step` gets the step's loss tensor (call `.item()` only when needed: on a GPU it waits);
+    `on_eval` gets the metrics record and whether it is the best validation loss so far;
+    `on_save` is asked to write the resumable checkpoint; `should_stop` is polled every step.
+    """
 
     on_step: Callable[[Trainer, torch.Tensor], None] | None = None
     on_eval: Callable[[Trainer, dict[str, float], bool], None] | None = None
+    on_save: Callable[[Trainer], None] | None = None
+    should_stop: Callable[[], bool] | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -54,14 +68,20 @@ def pick_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from .errors import CharLSTMError
-
         raise CharLSTMError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise CharLSTMError("--device mps asked for, but this PyTorch has no MPS; use --device cpu")
     return torch.device(name)
 
 
 def default_eval_interval(num_val_windows: int) -> int:
     return max(1, math.ceil(EVAL_COST_FACTOR * num_val_windows))
+
+
+def _state_tensors(state: State | None) -> list[torch.Tensor]:
+    if state is None:
+        return []
+    return list(state) if isinstance(state, tuple) else [state]
 
 
 class Trainer:
@@ -86,8 +106,10 @@ class Trainer:
         self.progress = Progress()
         self.state: State | None = None
         self.eval_interval = config.eval_interval or default_eval_interval(len(val_batches))
-        self.stop_requested = False
+        self.stopped_early = False
         self._clock = (time.perf_counter(), 0.0)
+        self._last_save = time.perf_counter()
+        self._saved_step = -1
 
     @property
     def steps_per_epoch(self) -> int:
@@ -134,15 +156,44 @@ class Trainer:
     def _out_of_time(self) -> bool:
         return self.config.max_time is not None and self._elapsed() >= self.config.max_time
 
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).item():
+            raise CharLSTMError(
+                f"training diverged: the loss became {loss.item()} by step {self.progress.step}; "
+                "nothing from after the last good checkpoint was saved; lower --learning-rate or "
+                "--grad-clip and resume"
+            )
+
+    def _save_due(self) -> bool:
+        interval, seconds = self.config.checkpoint_interval, self.config.checkpoint_seconds
+        if interval and self.progress.step % interval == 0:
+            return True
+        return seconds > 0 and time.perf_counter() - self._last_save >= seconds
+
+    def _save(self) -> None:
+        for p in self.model.parameters():
+            if not torch.isfinite(p).all():
+                raise CharLSTMError(
+                    f"training diverged: the weights hold NaN or inf at step {self.progress.step}; "
+                    "the last good checkpoint was kept; lower --learning-rate and resume"
+                )
+        self._last_save = time.perf_counter()
+        self._saved_step = self.progress.step
+        if self.hooks.on_save:
+            self.hooks.on_save(self)
+
     def fit(self) -> Progress:
-        """Train until the epochs, `max_steps` or `max_time` run out (or `stop_requested`)."""
+        """Train until the epochs, `max_steps` or `max_time` run out, or `should_stop` says so."""
         progress = self.progress
         self._clock = (time.perf_counter(), progress.elapsed_s)
-        since_eval_loss = torch.zeros((), device=self.device)
-        since_eval_steps, since_eval_chars, since_eval_time = 0, 0, time.perf_counter()
-        chars_per_step = self.train_batches.batch_size * self.train_batches.seq_len
-        evaluated_at = -1
-        while progress.step < self.total_steps and not self.stop_requested:
+        self._last_save = time.perf_counter()
+        self._saved_step = progress.step
+        check_every_step = self.device.type == "cpu"  # on a GPU, reading the loss would sync
+        pending = _Interval(self.device, self.train_batches)
+        while progress.step < self.total_steps:
+            if self.hooks.should_stop and self.hooks.should_stop():
+                self.stopped_early = True
+                break
             if self._out_of_time():
                 break
             if progress.window >= self.steps_per_epoch:
@@ -151,41 +202,121 @@ class Trainer:
                 self.state = None
             window = self.train_batches[progress.window]
             loss = self.train_step(window.inputs, window.targets)
+            if check_every_step:
+                self._check_finite(loss)
             progress.step += 1
             progress.window += 1
-            since_eval_loss += loss
-            since_eval_steps += 1
-            since_eval_chars += chars_per_step
+            pending.add(loss)
             if self.hooks.on_step:
                 self.hooks.on_step(self, loss)
             if progress.step % self.eval_interval == 0:
-                self._record(since_eval_loss / since_eval_steps, since_eval_chars, since_eval_time)
-                evaluated_at = progress.step
-                since_eval_loss = torch.zeros((), device=self.device)
-                since_eval_steps, since_eval_chars, since_eval_time = 0, 0, time.perf_counter()
-        if since_eval_steps and evaluated_at != progress.step:
-            self._record(since_eval_loss / since_eval_steps, since_eval_chars, since_eval_time)
+                self._record(pending)
+                self._save()
+            elif self._save_due():
+                self._check_finite(pending.loss)
+                self._save()
+        if pending.steps and not self.stopped_early:
+            self._record(pending)
         progress.elapsed_s = self._elapsed()
+        if self._saved_step != progress.step:
+            self._check_finite(pending.loss)
+            self._save()
         return progress
 
-    def _record(self, train_loss: torch.Tensor, chars: int, since: float) -> None:
-        train_seconds = time.perf_counter() - since
+    def _record(self, pending: _Interval) -> None:
+        self._check_finite(pending.loss)
+        train_seconds = time.perf_counter() - pending.started
         val_loss = self.evaluate()
         progress = self.progress
         progress.elapsed_s = self._elapsed()
         record = {
             "step": progress.step,
             "epoch": round(progress.epoch + progress.window / self.steps_per_epoch, 4),
-            "train_loss": round(train_loss.item(), 5),
+            "train_loss": round(pending.loss.item() / pending.steps, 5),
             "val_loss": round(val_loss, 5),
             "val_bpc": round(val_loss / math.log(2), 5),
-            "chars_per_sec": round(chars / max(train_seconds, 1e-9), 1),
+            "chars_per_sec": round(pending.chars / max(train_seconds, 1e-9), 1),
             "elapsed_s": round(progress.elapsed_s, 2),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
+        pending.reset()
         progress.history.append(record)
         is_best = val_loss < progress.best_val_loss
         if is_best:
             progress.best_val_loss = val_loss
         if self.hooks.on_eval:
             self.hooks.on_eval(self, record, is_best)
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON-able facts) holding all a resumed run needs besides the weights."""
+        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = rng
+        for i, tensor in enumerate(_state_tensors(self.state)):
+            tensors[f"hidden.{i}"] = tensor
+        optimizer = self.optimizer.state_dict()
+        for index, slots in optimizer["state"].items():
+            for name, value in slots.items():
+                tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
+        numpy_state = np.random.get_state()
+        tensors["rng.numpy"] = torch.from_numpy(numpy_state[1].astype(np.int64))
+        meta = {
+            "progress": asdict(self.progress),
+            "optimizer": [{k: g[k] for k in ADAM_NUMERIC if k in g} for g in optimizer["param_groups"]],
+            "rng_python": _to_json(random.getstate()),
+            "rng_numpy": [numpy_state[0], *(_to_json(x) for x in numpy_state[2:])],
+            "hidden_parts": len(_state_tensors(self.state)),
+        }
+        return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore what `state_dict` gave; call after the weights are loaded."""
+        self.progress = Progress(**meta["progress"])
+        parts = [tensors[f"hidden.{i}"].to(self.device) for i in range(meta["hidden_parts"])]
+        self.state = None if not parts else (tuple(parts) if len(parts) == 2 else parts[0])  # type: ignore[assignment]
+        optimizer = self.optimizer.state_dict()
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                slots.setdefault(int(index), {})[name] = value
+        optimizer["state"] = slots
+        for group, saved in zip(optimizer["param_groups"], meta["optimizer"], strict=True):
+            group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+        self.optimizer.load_state_dict(optimizer)
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available() and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+        random.setstate(_from_json(meta["rng_python"]))
+        name, *rest = meta["rng_numpy"]
+        np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), *rest))
+
+
+class _Interval:
+    """Loss and throughput accumulated since the last validation, kept on the device."""
+
+    def __init__(self, device: torch.device, batches: StreamBatches) -> None:
+        self.device = device
+        self.chars_per_step = batches.batch_size * batches.seq_len
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.steps = 0
+        self.chars = 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.chars += self.chars_per_step
+
+
+def _to_json(value: Any) -> Any:
+    return [_to_json(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _from_json(value: Any) -> Any:
+    return tuple(_from_json(v) for v in value) if isinstance(value, list) else value

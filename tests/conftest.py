@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny text, a tiny random model, a saved checkpoint and a short trained run.
+
+Every model here is a few thousand parameters so the whole suite runs in well under two minutes
+on two CPU cores. PyTorch is limited to one thread: tiny models gain nothing from more, and on a
+busy machine several threads per process slow each step down by an order of magnitude.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlstm.checkpoint import save_checkpoint
+from charlstm.config import ModelConfig
+from charlstm.model import CharRNN
+from charlstm.vocab import Vocab
+
+torch.set_num_threads(1)
+
+TINY_TEXT = (
+    "The quick brown fox jumps over the lazy dog.\n"
+    "Pack my box with five dozen liquor jugs!\n"
+    "How vexingly quick daft zebras jump; sphinx of black quartz, judge my vow.\n"
+) * 12
+
+# The options every fast training run in the suite uses (a few steps of a very small LSTM).
+TINY_TRAIN_OPTIONS = {
+    "hidden_size": 32,
+    "num_layers": 1,
+    "dropout": 0.0,
+    "batch_size": 4,
+    "seq_len": 16,
+    "max_steps": 6,
+    "eval_interval": 3,
+    "device": "cpu",
+    "seed": 3,
+}
+
+
+def make_model(vocab_size: int, cell: str = "lstm", seed: int = 0, **options) -> CharRNN:
+    """A random model in eval mode, the same weights for the same seed."""
+    options = {"hidden_size": 32, "num_layers": 2, "dropout": 0.0, **options}
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=vocab_size, cell=cell, **options))
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_text() -> str:
+    return TINY_TEXT
+
+
+@pytest.fixture
+def tiny_vocab() -> Vocab:
+    return Vocab.from_text(TINY_TEXT)
+
+
+@pytest.fixture
+def tiny_model(tiny_vocab: Vocab) -> CharRNN:
+    return make_model(len(tiny_vocab))
+
+
+@pytest.fixture
+def tiny_text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path, tiny_model: CharRNN, tiny_vocab: Vocab) -> Path:
+    return save_checkpoint(tmp_path / "ckpt", tiny_model, tiny_vocab, {"step": 0, "note": "fixture"})
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder (best/, last/, metrics.jsonl) from a few steps of training; shared, so read only."""
+    import charlstm
+
+    root = tmp_path_factory.mktemp("trained")
+    text_file = root / "tiny.txt"
+    text_file.write_text(TINY_TEXT, encoding="utf-8")
+    return charlstm.train([text_file], root / "run", **TINY_TRAIN_OPTIONS)

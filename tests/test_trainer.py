@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_model
+from torch.nn import functional as F
+
+from charlstm import trainer as trainer_module
+from charlstm.config import TrainConfig
+from charlstm.data import StreamBatches, encode_corpus, split_train_val, validation_batches
+from charlstm.errors import CharLSTMError
+from charlstm.trainer import EVAL_COST_FACTOR, Hooks, Trainer, default_eval_interval, pick_device
+from charlstm.vocab import Vocab
+
+RECORD_KEYS = {"step", "epoch", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"}
+
+
+def make_trainer(text: str, *, hidden_size=32, num_layers=1, cell="lstm", hooks=None, **options) -> Trainer:
+    options = {"batch_size": 4, "seq_len": 8, "device": "cpu", **options}
+    config = TrainConfig(**options)
+    vocab = Vocab.from_text(text)
+    train_ids, val_ids = split_train_val(encode_corpus(text, vocab), config.val_frac)
+    model = make_model(len(vocab), cell, seed=config.seed, hidden_size=hidden_size, num_layers=num_layers)
+    return Trainer(
+        model,
+        config,
+        StreamBatches(train_ids, config.batch_size, config.seq_len),
+        validation_batches(val_ids, config.batch_size, config.seq_len, "cpu"),
+        hooks,
+    )
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+class FakeClock:
+    """Stands in for `time` in the trainer: each reading is one second later than the last."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_tiny_model_overfits_a_repetitive_text():
+    losses: list[float] = []
+    trainer = make_trainer(
+        "hello world " * 200,
+        hidden_size=64,
+        batch_size=8,
+        seq_len=16,
+        learning_rate=0.01,
+        max_steps=150,
+        epochs=1000,
+        eval_interval=1000,
+        hooks=Hooks(on_step=lambda _, loss: losses.append(loss.item())),
+    )
+    progress = trainer.fit()
+    assert progress.step == 150
+    assert abs(losses[0] - math.log(8)) < 0.15  # starts from a uniform guess over 8 characters
+    assert np.mean(losses[-10:]) < 0.3
+    assert progress.history[-1]["val_loss"] < 0.5
+
+
+def test_train_step_lowers_the_loss_on_its_window():
+    trainer = make_trainer("abcabcabd" * 30, learning_rate=0.01)
+    window = trainer.train_batches[0]
+    first = trainer.train_step(window.inputs, window.targets).item()
+    for _ in range(20):
+        trainer.state = None
+        last = trainer.train_step(window.inputs, window.targets).item()
+    assert last < first - 0.5
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_state_is_carried_within_an_epoch_and_reset_at_its_start(cell):
+    trainer = make_trainer("the cat sat on the mat. " * 12, cell=cell, epochs=2, eval_interval=1000)
+    seen: list[tuple[tuple, tuple]] = []  # (state in, state out) of every training forward pass
+
+    def before(module, args):
+        if module.training:
+            seen.append((as_tuple(args[1]), None))
+
+    def after(module, args, output):
+        if module.training:
+            seen[-1] = (seen[-1][0], tuple(s.detach().clone() for s in as_tuple(output[1])))
+
+    trainer.model.register_forward_pre_hook(before)
+    trainer.model.register_forward_hook(after)
+    trainer.fit()
+    per_epoch = trainer.steps_per_epoch
+    assert per_epoch >= 3
+    assert len(seen) == 2 * per_epoch
+    for step, (state_in, _) in enumerate(seen):
+        if step % per_epoch == 0:
+            assert all(not s.any() for s in state_in), f"step {step} starts an epoch from zeros"
+        else:
+            previous_out = seen[step - 1][1]
+            assert all(torch.equal(a, b) for a, b in zip(state_in, previous_out, strict=True)), step
+            assert all(not s.requires_grad for s in state_in), "carried state is detached"
+            assert any(s.any() for s in state_in)
+
+
+def test_max_steps_stops_the_run():
+    trainer = make_trainer("abcdefgh " * 40, max_steps=5, epochs=100)
+    assert trainer.total_steps == 5
+    assert trainer.fit().step == 5
+
+
+def test_epochs_bound_the_run_without_max_steps():
+    trainer = make_trainer("abcdefgh " * 40, epochs=2, eval_interval=1000)
+    progress = trainer.fit()
+    assert progress.step == trainer.total_steps == 2 * trainer.steps_per_epoch
+    assert progress.history[-1]["epoch"] == 2.0
+
+
+def test_max_time_stops_the_run(monkeypatch):
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=FakeClock().perf_counter))
+    trainer = make_trainer("abcdefgh " * 40, max_time=6.0, epochs=100, eval_interval=1000)
+    progress = trainer.fit()
+    assert 1 <= progress.step < 10
+    assert progress.step < trainer.total_steps
+    assert progress.elapsed_s >= 6.0
+    assert len(progress.history) == 1  # the run's end is still recorded
+
+
+def test_stop_requested_stops_the_run():
+    def stop(trainer, _loss):
+        if trainer.progress.step == 3:
+            trainer.stop_requested = True
+
+    trainer = make_trainer("abcdefgh " * 40, epochs=100, hooks=Hooks(on_step=stop))
+    assert trainer.fit().step == 3
+
+
+def test_metrics_records_have_the_documented_keys_and_consistent_values():
+    records: list[tuple[dict, bool]] = []
+    trainer = make_trainer(
+        "abcdefgh " * 40,
+        max_steps=7,
+        epochs=100,
+        eval_interval=3,
+        hooks=Hooks(on_eval=lambda _, record, best: records.append((record, best))),
+    )
+    progress = trainer.fit()
+    assert [r["step"] for r, _ in records] == [3, 6, 7]
+    assert [r for r, _ in records] == progress.history
+    for record, _ in records:
+        assert RECORD_KEYS <= set(record)
+        assert record["val_bpc"] == pytest.approx(record["val_loss"] / math.log(2), abs=1e-4)
+        assert record["chars_per_sec"] > 0
+        assert record["elapsed_s"] >= 0
+        assert record["epoch"] == pytest.approx(record["step"] / trainer.steps_per_epoch, abs=1e-3)
+    assert records[0][1] is True
+    assert progress.best_val_loss == pytest.approx(min(r["val_loss"] for r, _ in records), abs=1e-4)
+    for i, (record, best) in enumerate(records):
+        assert best == (record["val_loss"] < min([math.inf] + [r["val_loss"] for r, _ in records[:i]]))
+
+
+def test_the_final_step_is_not_recorded_twice():
+    trainer = make_trainer("abcdefgh " * 40, max_steps=6, epochs=100, eval_interval=3)
+    assert [r["step"] for r in trainer.fit().history] == [3, 6]
+
+
+def test_default_eval_interval_rule():
+    assert default_eval_interval(0) == 1
+    assert default_eval_interval(1) == math.ceil(EVAL_COST_FACTOR) == 4
+    assert default_eval_interval(2) == 7
+    assert default_eval_interval(10) == 35
+
+
+def test_trainer_uses_the_default_eval_interval_unless_given():
+    trainer = make_trainer("abcdefgh " * 200)
+    assert trainer.eval_interval == default_eval_interval(len(trainer.val_batches))
+    assert make_trainer("abcdefgh " * 200, eval_interval=2).eval_interval == 2
+
+
+def test_evaluate_equals_one_pass_over_each_validation_stream():
+    trainer = make_trainer("the quick brown fox jumps over the lazy dog " * 20, batch_size=3, seq_len=5)
+    batches = trainer.val_batches
+    assert len(batches) >= 2
+    inputs = torch.cat([w.inputs for w in batches], dim=1)
+    targets = torch.cat([w.targets for w in batches], dim=1)
+    with torch.no_grad():
+        logits, _ = trainer.model.eval()(inputs)
+    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)).item()
+    assert trainer.evaluate() == pytest.approx(expected, abs=1e-5)
+
+
+def test_grad_clip_bounds_the_update():
+    """With clipping at a tiny norm, one Adam step barely changes the loss; the clip is applied."""
+    clipped = make_trainer("abcabcabd" * 30, grad_clip=1e-12, learning_rate=0.5)
+    weights = [p.detach().clone() for p in clipped.model.parameters()]
+    window = clipped.train_batches[0]
+    clipped.train_step(window.inputs, window.targets)
+    grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in clipped.model.parameters()]))
+    assert grad_norm.item() <= 1e-11
+    assert any(not torch.equal(a, b) for a, b in zip(weights, clipped.model.parameters(), strict=True))
+
+
+def test_pick_device():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(CharLSTMError, match="--device cpu"):
+            pick_device("cuda")
