@@ -70,8 +70,8 @@ class GPT(nn.Module):
         self.lm_head.weight = self.wte.weight  # weight tying
         for name, p in self.named_parameters():  # nanoGPT's init: N(0, 0.02), residual projections scaled
             if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("c_proj.weight", "mlp.2.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+                residual = name.endswith(("attn.c_proj.weight", "mlp.2.weight"))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer) if residual else 0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)
@@ -104,12 +104,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--eval-interval", type=int, default=250, help="validate every N steps and at the end")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 50k chars, 30 steps, eval every 10, 1 thread unless --threads")
+                    help="smoke test: 20k chars, 20 steps, eval every 10, 1 thread unless --threads")
     ap.add_argument("--curve-out", type=Path, help="also write the list of eval points here as JSON")
     args = ap.parse_args()
     if args.quick:
         args.threads = args.threads or 1
-        args.max_steps, args.eval_interval = min(args.max_steps, 30), 10
+        args.max_steps, args.eval_interval = min(args.max_steps, 20), 10
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -119,7 +119,7 @@ def main() -> None:
 
     text = args.data.read_text(encoding="utf-8") if args.data else bundled_text()
     if args.quick:
-        text = text[:50_000]
+        text = text[:20_000]
     chars = sorted(set(text))
     stoi = {ch: i for i, ch in enumerate(chars)}
     data = torch.from_numpy(np.array([stoi[ch] for ch in text], dtype=np.int64))

@@ -61,7 +61,9 @@ def test_grad_clip_zero_means_off_and_is_allowed():
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_model_config_round_trips_through_a_dict(cell):
-    config = ModelConfig(vocab_size=30, cell=cell, hidden_size=16, num_layers=3, dropout=0.25, embedding_size=7)
+    config = ModelConfig(
+        vocab_size=30, cell=cell, hidden_size=16, num_layers=3, dropout=0.25, embedding_size=7
+    )
     assert ModelConfig.from_dict(config.to_dict()) == config
 
 

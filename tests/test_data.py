@@ -205,7 +205,9 @@ def test_split_matches_the_tutorial(length, val_frac):
     assert np.array_equal(val, ids[cut:])
 
 
-@pytest.mark.parametrize(("length", "batch_size", "seq_len"), [(120, 2, 3), (1000, 4, 7), (97, 3, 5), (64, 8, 8)])
+@pytest.mark.parametrize(
+    ("length", "batch_size", "seq_len"), [(120, 2, 3), (1000, 4, 7), (97, 3, 5), (64, 8, 8)]
+)
 def test_windows_match_the_tutorial_get_batches(length, batch_size, seq_len):
     arr = np.arange(length)
     batches = StreamBatches(arr, batch_size, seq_len)

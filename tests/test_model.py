@@ -13,6 +13,10 @@ from charlstm.model import CharRNN, detach_state
 CELLS = ["lstm", "gru", "rnn"]
 
 
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_logits_have_shape_batch_time_vocab(cell):
     model = make_model(11, cell)
@@ -47,8 +51,7 @@ def test_two_chunks_with_carried_state_equal_one_pass(cell):
         first, state = model(idx[:, :8])
         second, end_state = model(idx[:, 8:], state)
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole, atol=1e-5, rtol=0)
-    for a, b in zip(end_state if cell == "lstm" else (end_state,), whole_state if cell == "lstm" else (whole_state,),
-                    strict=True):
+    for a, b in zip(as_tuple(end_state), as_tuple(whole_state), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import types
 
@@ -19,12 +20,16 @@ from charlstm.vocab import Vocab
 RECORD_KEYS = {"step", "epoch", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"}
 
 
-def make_trainer(text: str, *, hidden_size=32, num_layers=1, cell="lstm", hooks=None, **options) -> Trainer:
+def make_trainer(
+    text: str, *, hidden_size=32, num_layers=1, cell="lstm", dropout=0.0, hooks=None, **options
+) -> Trainer:
     options = {"batch_size": 4, "seq_len": 8, "device": "cpu", **options}
     config = TrainConfig(**options)
     vocab = Vocab.from_text(text)
     train_ids, val_ids = split_train_val(encode_corpus(text, vocab), config.val_frac)
-    model = make_model(len(vocab), cell, seed=config.seed, hidden_size=hidden_size, num_layers=num_layers)
+    model = make_model(
+        len(vocab), cell, seed=config.seed, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout
+    )
     return Trainer(
         model,
         config,
@@ -49,6 +54,7 @@ class FakeClock:
         return self.now
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_repetitive_text():
     losses: list[float] = []
     trainer = make_trainer(
@@ -57,13 +63,13 @@ def test_tiny_model_overfits_a_repetitive_text():
         batch_size=8,
         seq_len=16,
         learning_rate=0.01,
-        max_steps=150,
+        max_steps=100,
         epochs=1000,
         eval_interval=1000,
         hooks=Hooks(on_step=lambda _, loss: losses.append(loss.item())),
     )
     progress = trainer.fit()
-    assert progress.step == 150
+    assert progress.step == 100
     assert abs(losses[0] - math.log(8)) < 0.15  # starts from a uniform guess over 8 characters
     assert np.mean(losses[-10:]) < 0.3
     assert progress.history[-1]["val_loss"] < 0.5
@@ -131,13 +137,49 @@ def test_max_time_stops_the_run(monkeypatch):
     assert len(progress.history) == 1  # the run's end is still recorded
 
 
-def test_stop_requested_stops_the_run():
-    def stop(trainer, _loss):
-        if trainer.progress.step == 3:
-            trainer.stop_requested = True
+def test_should_stop_stops_the_run_after_the_current_step_and_saves():
+    steps: list[int] = []
+    saved: list[int] = []
+    hooks = Hooks(
+        on_step=lambda trainer, _loss: steps.append(trainer.progress.step),
+        on_save=lambda trainer: saved.append(trainer.progress.step),
+        should_stop=lambda: len(steps) >= 3,
+    )
+    trainer = make_trainer("abcdefgh " * 40, epochs=100, eval_interval=1000, hooks=hooks)
+    progress = trainer.fit()
+    assert progress.step == 3
+    assert trainer.stopped_early
+    assert saved == [3]  # the resumable checkpoint is written for the step it stopped at
 
-    trainer = make_trainer("abcdefgh " * 40, epochs=100, hooks=Hooks(on_step=stop))
-    assert trainer.fit().step == 3
+
+def test_a_diverged_loss_is_a_clear_error():
+    trainer = make_trainer("abcdefgh " * 40, max_steps=5)
+    with torch.no_grad():
+        trainer.model.head.bias[0] = math.nan
+    with pytest.raises(CharLSTMError, match="diverged"):
+        trainer.fit()
+
+
+def test_state_dict_resumes_training_exactly():
+    text = "the cat sat on the mat. " * 12
+    options = {"num_layers": 2, "dropout": 0.3, "eval_interval": 1000}  # dropout draws random numbers
+    straight = make_trainer(text, max_steps=10, **options)
+    straight.fit()
+
+    first = make_trainer(text, max_steps=4, **options)
+    first.fit()
+    tensors, meta = first.state_dict()
+    weights = {k: v.clone() for k, v in first.model.state_dict().items()}
+    json.dumps(meta)  # the facts are plain JSON
+
+    second = make_trainer(text, max_steps=10, **options)
+    torch.manual_seed(12345)  # whatever the generator holds now, resuming restores it
+    second.model.load_state_dict(weights)
+    second.load_state_dict(tensors, meta)
+    assert second.progress.step == 4
+    second.fit()
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_metrics_records_have_the_documented_keys_and_consistent_values():

@@ -28,6 +28,7 @@ from .data import (
     split_train_val,
     validation_batches,
 )
+from .distributed import DistContext, context_from_env, setup, teardown
 from .errors import CharLSTMError
 from .metrics import MetricsLog, score
 from .model import CharRNN
@@ -178,15 +179,71 @@ def train(
     model_config = ModelConfig(vocab_size=len(vocab), **model_options)
     train_ids, val_ids = split_train_val(ids, config.val_frac)
     device = pick_device(config.device)
-    train_batches = StreamBatches(train_ids, config.batch_size, config.seq_len, device)
-    val_batches = validation_batches(val_ids, config.batch_size, config.seq_len, device)
-    if not resumed:
+    ctx = context_from_env()
+    if config.batch_size % ctx.world_size:
+        raise CharLSTMError(
+            f"--batch-size {config.batch_size} must be a multiple of the {ctx.world_size} processes"
+        )
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    train_batches = StreamBatches(
+        train_ids, config.batch_size, config.seq_len, device, rows=ctx.row_slice(config.batch_size)
+    )
+    val_batches = validation_batches(
+        val_ids, config.batch_size, config.seq_len, device, ctx.rank, ctx.world_size
+    )
+    if not resumed and ctx.is_main:
         _prepare_out_dir(out_dir, overwrite)
+    ctx = setup(config.backend, device.type, config.dist_timeout)
+    try:
+        _fit(
+            ctx,
+            config,
+            model_config,
+            vocab,
+            sources,
+            encoding,
+            len(ids),
+            device,
+            train_batches,
+            val_batches,
+            out_dir,
+            resumed,
+            on_start,
+            on_step,
+            on_eval,
+            should_stop,
+        )
+    finally:
+        teardown(ctx)
+    return out_dir
 
+
+def _fit(
+    ctx: DistContext,
+    config: TrainConfig,
+    model_config: ModelConfig,
+    vocab: Vocab,
+    sources: list[str],
+    encoding: str,
+    num_chars: int,
+    device: torch.device,
+    train_batches: StreamBatches,
+    val_batches: StreamBatches,
+    out_dir: Path,
+    resumed: _Resume | None,
+    on_start: Callable[[dict[str, Any]], None] | None,
+    on_step: Callable[[Trainer, torch.Tensor], None] | None,
+    on_eval: Callable[[Trainer, dict[str, float], bool], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """Build the model and trainer, wire checkpoints and metrics (rank 0 writes), train."""
     torch.manual_seed(config.seed)
     model = CharRNN(model_config)
     if resumed:
         model.load_state_dict(load_checkpoint(resumed.checkpoint).model.state_dict())
+    if ctx.rank:
+        torch.manual_seed(config.seed + ctx.rank)  # same weights, different dropout per rank
     model.to(device)
     metrics = MetricsLog(out_dir / "metrics.jsonl")
 
@@ -197,8 +254,9 @@ def train(
             "config": config.to_dict(),
             "data": sources,
             "encoding": encoding,
-            "num_chars": len(ids),
+            "num_chars": num_chars,
             "device": str(device),
+            "world_size": ctx.world_size,
             "step": trainer.progress.step,
             "epoch": round(trainer.progress.epoch + trainer.progress.window / trainer.steps_per_epoch, 4),
             "val_loss": last.get("val_loss"),
@@ -207,6 +265,8 @@ def train(
         }
 
     def after_eval(trainer: Trainer, record: dict[str, float], is_best: bool) -> None:
+        if not ctx.is_main:
+            return
         metrics.write(record)
         if is_best:
             save_checkpoint(out_dir / "best", model, vocab, training_facts(trainer))
@@ -214,22 +274,29 @@ def train(
             on_eval(trainer, record, is_best)
 
     def save_last(trainer: Trainer) -> None:
-        save_checkpoint(out_dir / "last", model, vocab, training_facts(trainer), trainer.state_dict())
+        state = trainer.state_dict()  # collective: every rank takes part
+        if ctx.is_main:
+            save_checkpoint(out_dir / "last", model, vocab, training_facts(trainer), state)
 
-    hooks = Hooks(on_step=on_step, on_eval=after_eval, on_save=save_last, should_stop=should_stop)
-    trainer = Trainer(model, config, train_batches, val_batches, hooks)
+    hooks = Hooks(
+        on_step=on_step if ctx.is_main else None,
+        on_eval=after_eval,
+        on_save=save_last,
+        should_stop=should_stop,
+    )
+    trainer = Trainer(model, config, train_batches, val_batches, hooks, ctx)
     if resumed:
         trainer.load_state_dict(resumed.tensors, resumed.meta)
-        metrics.rewrite(trainer.progress.history)
-    if on_start:
+        if ctx.is_main:
+            metrics.rewrite(trainer.progress.history)
+    if on_start and ctx.is_main:
         on_start(
             {
                 "data": sources,
-                "num_chars": len(ids),
+                "num_chars": num_chars,
                 "vocab_size": len(vocab),
-                "train_chars": len(train_ids),
-                "val_chars": len(val_ids),
                 "device": str(device),
+                "world_size": ctx.world_size,
                 "parameters": model.num_parameters(),
                 "model": model_config.to_dict(),
                 "config": config.to_dict(),
@@ -241,7 +308,6 @@ def train(
             }
         )
     trainer.fit()
-    return out_dir
 
 
 @dataclass

@@ -192,6 +192,9 @@ def _check_schema(path: Path, config: Any) -> None:
     for key, kind in expected.items():
         if not isinstance(model.get(key), kind) or isinstance(model.get(key), bool):
             fail(f"'model.{key}' is missing or of the wrong type")
+    embedding = model.get("embedding_size")
+    if embedding is not None and (not isinstance(embedding, int) or isinstance(embedding, bool)):
+        fail("'model.embedding_size' must be a whole number or null")
     if not isinstance(config.get("training", {}), dict):
         fail("'training' must be an object")
 

@@ -20,6 +20,7 @@ from . import __version__
 from .api import load, train
 from .config import ModelConfig, TrainConfig
 from .data import read_corpus
+from .distributed import context_from_env
 from .errors import CharLSTMError
 from .metrics import format_record
 from .trainer import Trainer
@@ -215,12 +216,16 @@ def run_train(args: argparse.Namespace) -> int:
         finally:
             reporter.close()
     if signals.received is not None:
+        if not context_from_env().is_main:
+            return 128 + signals.received
         name = "SIGINT" if signals.received == signal.SIGINT else "SIGTERM"
         print(
             f"charlstm: stopped by {name}; {out}/last is saved; resume with: charlstm train --resume {out}",
             file=sys.stderr,
         )
         return 128 + signals.received
+    if not context_from_env().is_main:
+        return 0
     best = load(out)
     print(
         f"saved {out}/best (val loss {best.training.get('best_val_loss', float('nan')):.4f} nats/char) "

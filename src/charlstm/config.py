@@ -15,6 +15,7 @@ from .errors import CharLSTMError
 
 CELLS = ("lstm", "gru", "rnn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+BACKENDS = ("auto", "gloo", "nccl")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -82,6 +83,10 @@ class TrainConfig:
     )
     seed: int = _opt(1, "seed for weights, dropout and sampling")
     device: str = _opt("auto", "where to train", choices=DEVICES)
+    backend: str = _opt(
+        "auto", "process-group backend under torchrun (auto: nccl on CUDA, gloo otherwise)", choices=BACKENDS
+    )
+    dist_timeout: float = _opt(600.0, "seconds a rank waits for the others before the job fails")
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
@@ -111,6 +116,8 @@ class TrainConfig:
             math.isfinite(self.checkpoint_seconds) and self.checkpoint_seconds >= 0,
             f"--checkpoint-seconds must be 0 (off) or positive, not {self.checkpoint_seconds}",
         )
+        _require(self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}")
+        _require(self.dist_timeout > 0, f"--dist-timeout must be positive, not {self.dist_timeout}")
         _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}")
 
     def to_dict(self) -> dict[str, Any]:

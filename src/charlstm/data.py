@@ -132,8 +132,15 @@ class StreamBatches:
              [g h i | j k l]                  [h i j | k l g]
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, device: torch.device | str = "cpu"):
-        self.batch_size = batch_size
+    def __init__(
+        self,
+        ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        device: torch.device | str = "cpu",
+        rows: slice | None = None,
+    ):
+        """`rows` keeps only some of the `batch_size` streams (a data-parallel rank's share)."""
         self.seq_len = seq_len
         self.num_windows = len(ids) // (batch_size * seq_len)
         if self.num_windows < 1:
@@ -142,9 +149,11 @@ class StreamBatches:
                 f"sequence {seq_len} needs {batch_size * seq_len:,}; "
                 "use a longer text or lower --batch-size / --seq-len"
             )
-        rows = np.ascontiguousarray(ids[: self.num_windows * batch_size * seq_len]).reshape(batch_size, -1)
-        self.inputs = torch.from_numpy(rows).to(device)
-        self.targets = torch.from_numpy(np.roll(rows, -1, axis=1)).to(device)
+        streams = ids[: self.num_windows * batch_size * seq_len].reshape(batch_size, -1)
+        streams = np.ascontiguousarray(streams[rows] if rows is not None else streams)
+        self.batch_size = streams.shape[0]
+        self.inputs = torch.from_numpy(streams).to(device)
+        self.targets = torch.from_numpy(np.roll(streams, -1, axis=1)).to(device)
 
     def __len__(self) -> int:
         return self.num_windows
@@ -165,13 +174,23 @@ class StreamBatches:
 
 
 def validation_batches(
-    ids: np.ndarray, batch_size: int, seq_len: int, device: torch.device | str
+    ids: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device | str,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> StreamBatches:
-    """Validation uses the training layout, with fewer rows when the held-out text is short."""
+    """Validation uses the training layout, with fewer rows when the held-out text is short;
+    under data parallelism each rank takes every `world_size`-th stream."""
     rows = max(1, min(batch_size, len(ids) // seq_len))
     if len(ids) < seq_len:
         raise CharLSTMError(
             f"validation text too short: {len(ids):,} characters, less than one --seq-len "
             f"({seq_len}); raise --val-frac, lower --seq-len or use a longer text"
         )
-    return StreamBatches(ids, rows, seq_len, device)
+    if rows < world_size:
+        raise CharLSTMError(
+            f"validation text too short to share among {world_size} processes; raise --val-frac"
+        )
+    return StreamBatches(ids, rows, seq_len, device, rows=slice(rank, None, world_size))

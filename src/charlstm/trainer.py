@@ -17,17 +17,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
 from .config import TrainConfig
 from .data import StreamBatches
+from .distributed import DistContext
 from .errors import CharLSTMError
 from .model import CharRNN, State, detach_state
 
 # A forward pass costs about a third of a training step; validating every
 # EVAL_COST_FACTOR x (validation windows) steps keeps validation near 10% of the time.
 EVAL_COST_FACTOR = 3.5
+# Under data parallelism on a GPU, ranks agree on stopping every this many steps (a sync).
+DIST_POLL_STEPS = 20
 # Adam's hyperparameters restored on resume; its implementation flags (fused, foreach)
 # stay those of the device the run resumes on.
 ADAM_NUMERIC = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
@@ -92,13 +96,20 @@ class Trainer:
         train_batches: StreamBatches,
         val_batches: StreamBatches,
         hooks: Hooks | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.model = model
+        self.dist = dist or DistContext()
         self.config = config
         self.train_batches = train_batches
         self.val_batches = val_batches
         self.hooks = hooks or Hooks()
         self.device = model.head.weight.device
+        # DDP averages gradients across ranks; evaluation and saving use the bare model.
+        self.train_model: nn.Module = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=config.learning_rate, fused=fused, foreach=None if fused else True
@@ -125,7 +136,7 @@ class Trainer:
         self.model.train()
         if self.state is None:
             self.state = self.model.init_state(inputs.shape[0])
-        logits, state = self.model(inputs, detach_state(self.state))
+        logits, state = self.train_model(inputs, detach_state(self.state))
         self.state = state
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
@@ -137,17 +148,20 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: StreamBatches | None = None) -> float:
-        """Mean loss (nats/char) over every window, carrying the state as in training."""
+        """Mean loss (nats/char) over every window, carrying the state as in training
+        (summed over all ranks' streams when data-parallel)."""
         batches = batches or self.val_batches
         self.model.eval()
         state = None
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # (nats, chars)
+        total[1] = batches.num_chars
         for window in batches:
             logits, state = self.model(window.inputs, state)
-            total += F.cross_entropy(
+            total[0] += F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), window.targets.reshape(-1), reduction="sum"
             )
-        return total.item() / batches.num_chars
+        nats, chars = self.dist.all_reduce(total).tolist()
+        return nats / chars
 
     def _elapsed(self) -> float:
         started, offset = self._clock
@@ -155,6 +169,22 @@ class Trainer:
 
     def _out_of_time(self) -> bool:
         return self.config.max_time is not None and self._elapsed() >= self.config.max_time
+
+    def _poll(self, loss: torch.Tensor | None) -> tuple[bool, bool]:
+        """(stop asked, time is up). Under data parallelism every rank agrees, so all stop at
+        the same step, and a non-finite `loss` on any rank stops every rank with an error."""
+        stop = bool(self.hooks.should_stop and self.hooks.should_stop())
+        late = self._out_of_time()
+        if not self.dist.enabled:
+            return stop, late
+        if loss is None and self.progress.step % DIST_POLL_STEPS:
+            return False, False
+        bad = loss is not None and not bool(torch.isfinite(loss))
+        flags = torch.tensor([stop, late, bad], dtype=torch.float32, device=self.device)
+        stop, late, bad = (bool(f) for f in self.dist.all_reduce(flags, op=dist.ReduceOp.MAX).tolist())
+        if bad:
+            self._check_finite(torch.tensor(math.nan))
+        return stop, late
 
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).item():
@@ -190,11 +220,13 @@ class Trainer:
         self._saved_step = progress.step
         check_every_step = self.device.type == "cpu"  # on a GPU, reading the loss would sync
         pending = _Interval(self.device, self.train_batches)
+        loss = torch.zeros((), device=self.device)
         while progress.step < self.total_steps:
-            if self.hooks.should_stop and self.hooks.should_stop():
+            stop, out_of_time = self._poll(loss if check_every_step else None)
+            if stop:
                 self.stopped_early = True
                 break
-            if self._out_of_time():
+            if out_of_time:
                 break
             if progress.window >= self.steps_per_epoch:
                 progress.epoch += 1
@@ -202,7 +234,7 @@ class Trainer:
                 self.state = None
             window = self.train_batches[progress.window]
             loss = self.train_step(window.inputs, window.targets)
-            if check_every_step:
+            if check_every_step and not self.dist.enabled:
                 self._check_finite(loss)
             progress.step += 1
             progress.window += 1
@@ -224,6 +256,8 @@ class Trainer:
         return progress
 
     def _record(self, pending: _Interval) -> None:
+        self.dist.all_reduce(pending.loss)
+        pending.loss /= self.dist.world_size
         self._check_finite(pending.loss)
         train_seconds = time.perf_counter() - pending.started
         val_loss = self.evaluate()
@@ -235,7 +269,7 @@ class Trainer:
             "train_loss": round(pending.loss.item() / pending.steps, 5),
             "val_loss": round(val_loss, 5),
             "val_bpc": round(val_loss / math.log(2), 5),
-            "chars_per_sec": round(pending.chars / max(train_seconds, 1e-9), 1),
+            "chars_per_sec": round(pending.chars * self.dist.world_size / max(train_seconds, 1e-9), 1),
             "elapsed_s": round(progress.elapsed_s, 2),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
@@ -248,13 +282,18 @@ class Trainer:
             self.hooks.on_eval(self, record, is_best)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(tensors, JSON-able facts) holding all a resumed run needs besides the weights."""
-        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        """(tensors, JSON-able facts) holding all a resumed run needs besides the weights.
+
+        Collective under data parallelism: every rank must call it (the streams' states and
+        the ranks' random generators are gathered so one process can resume the run)."""
+        rngs = self.dist.all_gather_bytes(torch.get_rng_state())
+        tensors: dict[str, torch.Tensor] = {"rng.torch": rngs[0]}
+        tensors.update({f"rng.torch.rank{r}": rng for r, rng in enumerate(rngs) if r})
         if torch.cuda.is_available() and self.device.type == "cuda":
             for i, rng in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = rng
         for i, tensor in enumerate(_state_tensors(self.state)):
-            tensors[f"hidden.{i}"] = tensor
+            tensors[f"hidden.{i}"] = self.dist.all_gather_rows(tensor)
         optimizer = self.optimizer.state_dict()
         for index, slots in optimizer["state"].items():
             for name, value in slots.items():
@@ -273,7 +312,8 @@ class Trainer:
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Restore what `state_dict` gave; call after the weights are loaded."""
         self.progress = Progress(**meta["progress"])
-        parts = [tensors[f"hidden.{i}"].to(self.device) for i in range(meta["hidden_parts"])]
+        rows = self.dist.row_slice(self.train_batches.batch_size * self.dist.world_size)
+        parts = [tensors[f"hidden.{i}"][:, rows].to(self.device) for i in range(meta["hidden_parts"])]
         self.state = None if not parts else (tuple(parts) if len(parts) == 2 else parts[0])  # type: ignore[assignment]
         optimizer = self.optimizer.state_dict()
         slots: dict[int, dict[str, torch.Tensor]] = {}
@@ -285,7 +325,7 @@ class Trainer:
         for group, saved in zip(optimizer["param_groups"], meta["optimizer"], strict=True):
             group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
         self.optimizer.load_state_dict(optimizer)
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(tensors.get(f"rng.torch.rank{self.dist.rank}", tensors["rng.torch"]))
         cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
         if cuda_states and torch.cuda.is_available() and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])

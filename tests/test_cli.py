@@ -1,0 +1,229 @@
+"""End to end through `charlstm.cli.main`, in-process: train on a temp file, then sample from it."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields
+
+import pytest
+from conftest import TINY_TEXT
+
+import charlstm
+from charlstm.cli import main
+from charlstm.config import ModelConfig, TrainConfig
+
+TINY_FLAGS = [
+    "--hidden-size", "32", "--num-layers", "1", "--dropout", "0", "--batch-size", "4", "--seq-len", "16",
+    "--max-steps", "10", "--eval-interval", "5", "--device", "cpu", "--quiet",
+]  # fmt: skip
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("charlstm: error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A run trained through the CLI (shared by the tests below; read only)."""
+    root = tmp_path_factory.mktemp("cli")
+    text = root / "tiny.txt"
+    text.write_text(TINY_TEXT, encoding="utf-8")
+    assert main(["train", str(text), "--out", str(root / "run"), *TINY_FLAGS]) == 0
+    return root / "run"
+
+
+def test_train_then_sample(tmp_path, tiny_text_file, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_text_file), "--out", str(out), *TINY_FLAGS]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # --quiet: no progress output
+    assert f"saved {out}/best" in captured.out
+    assert f"charlstm sample {out}" in captured.out
+    assert (out / "best").is_dir() and (out / "last").is_dir()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+    assert main(["sample", str(out), "--prime", "The ", "--length", "80", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("The ")
+    assert len(first) == len("The ") + 80 + 1  # and a final line break
+    assert set(first[:-1]) <= set(TINY_TEXT)
+    assert main(["sample", str(out), "--prime", "The ", "--length", "80", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == first
+    api_text = charlstm.load(out).generate(prime="The ", length=80, seed=1)
+    assert first == api_text + "\n"
+
+
+def test_train_shows_progress_unless_quiet(tmp_path, tiny_text_file, capsys):
+    flags = [f for f in TINY_FLAGS if f != "--quiet"]
+    assert main(["train", str(tiny_text_file), "--out", str(tmp_path / "run"), *flags]) == 0
+    err = capsys.readouterr().err
+    assert "data: " in err and "model: 1 x 32 LSTM" in err
+    assert "step      5" in err and "step     10" in err
+
+
+def test_sample_several_greedy_and_filtered(cli_run, capsys):
+    assert main(["sample", str(cli_run), "--prime", "fox", "--length", "20", "--num-samples", "2",
+                 "--seed", "3"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.count("===== sample ") == 2
+    assert main(["sample", str(cli_run), "--prime", "fox", "--length", "20", "--temperature", "0"]) == 0
+    greedy = capsys.readouterr().out
+    assert (
+        main(["sample", str(cli_run), "--prime", "fox", "--length", "20", "--top-k", "1", "--seed", "9"]) == 0
+    )
+    assert capsys.readouterr().out == greedy
+    assert (
+        main(["sample", str(cli_run), "--prime", "fox", "--length", "20", "--top-p", "0.9", "--seed", "9"])
+        == 0
+    )
+    assert capsys.readouterr().out.startswith("fox")
+
+
+def test_top_k_above_the_vocabulary_is_a_note_not_an_error(cli_run, capsys):
+    assert main(["sample", str(cli_run), "--prime", "fox", "--length", "5", "--top-k", "1000"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: --top-k 1000")
+
+
+def test_unknown_prime_character_is_one_line_and_exit_1(cli_run, capsys):
+    assert main(["sample", str(cli_run), "--prime", "fox@", "--length", "5"]) == 1
+    line = one_error_line(capsys)
+    assert "'@'" in line and "--drop-unknown" in line
+
+
+def test_drop_unknown_samples_anyway(cli_run, capsys):
+    assert main(["sample", str(cli_run), "--prime", "fox@", "--length", "5", "--drop-unknown"]) == 0
+    assert capsys.readouterr().out.startswith("fox@")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--temperature", "-1"], ["--top-k", "0"], ["--top-p", "0"], ["--top-p", "1.5"], ["--length", "-2"]],
+)
+def test_bad_sampling_options_are_one_line_and_exit_1(cli_run, capsys, flags):
+    assert main(["sample", str(cli_run), "--prime", "fox", *flags]) == 1
+    one_error_line(capsys)
+
+
+def test_missing_file_is_one_line_and_exit_1(tmp_path, capsys):
+    missing = tmp_path / "missing.txt"
+    assert main(["train", str(missing), "--out", str(tmp_path / "run"), *TINY_FLAGS]) == 1
+    assert str(missing) in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_file_is_one_line_and_exit_1(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert main(["train", str(empty), "--out", str(tmp_path / "run"), *TINY_FLAGS]) == 1
+    assert "empty" in one_error_line(capsys)
+
+
+def test_binary_and_badly_encoded_files_are_one_line_and_exit_1(tmp_path, capsys):
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    assert main(["train", str(binary), "--out", str(tmp_path / "run"), *TINY_FLAGS]) == 1
+    assert "binary" in one_error_line(capsys)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("café " * 500).encode("latin-1"))
+    assert main(["train", str(latin), "--out", str(tmp_path / "run"), *TINY_FLAGS]) == 1
+    assert "byte 3 " in one_error_line(capsys)
+    assert (
+        main(["train", str(latin), "--out", str(tmp_path / "run"), "--encoding", "latin-1", *TINY_FLAGS]) == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--batch-size", "0"), ("--seq-len", "0"), ("--learning-rate", "-1"), ("--dropout", "1"),
+     ("--val-frac", "0"), ("--hidden-size", "0"), ("--max-steps", "0")],
+)  # fmt: skip
+def test_bad_flag_value_is_one_line_and_exit_1(tmp_path, tiny_text_file, capsys, flag, value):
+    argv = ["train", str(tiny_text_file), "--out", str(tmp_path / "run"), *TINY_FLAGS, flag, value]
+    assert main(argv) == 1
+    assert flag in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_needs_overwrite(cli_run, tiny_text_file, capsys):
+    assert main(["train", str(tiny_text_file), "--out", str(cli_run), *TINY_FLAGS]) == 1
+    assert "--overwrite" in one_error_line(capsys)
+
+
+def test_resume_a_run(tmp_path, tiny_text_file, capsys):
+    out = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--max-steps", "5"]
+    assert main(["train", str(tiny_text_file), "--out", str(out), *flags]) == 0
+    assert main(["train", "--resume", str(out), "--max-steps", "10", "--quiet"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10]
+    assert charlstm.load(out / "last").training["step"] == 10
+    capsys.readouterr()
+
+
+def test_missing_checkpoint_is_one_line_and_exit_1(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "nope")]) == 1
+    assert "no such checkpoint" in one_error_line(capsys)
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main(["train", "--batch-size", "many"]) == 2
+    assert main(["train", "--cell", "transformer"]) == 2
+    assert "invalid" in capsys.readouterr().err
+
+
+def test_version_and_help_exit_0(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"charlstm {charlstm.__version__}"
+    assert main(["train", "--help"]) == 0
+    assert "--hidden-size" in capsys.readouterr().out
+
+
+def test_every_config_field_is_a_documented_flag(capsys):
+    assert main(["train", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    for cls in (ModelConfig, TrainConfig):
+        for field in fields(cls):
+            if field.name != "vocab_size":
+                assert "--" + field.name.replace("_", "-") in help_text, field.name
+    assert "(default: 512)" in help_text  # defaults come from the dataclasses
+
+
+def test_info_text_and_json(cli_run, capsys):
+    assert main(["info", str(cli_run)]) == 0
+    text = capsys.readouterr().out
+    assert f"checkpoint: {cli_run / 'best'}" in text
+    assert "model: 1 x 32 LSTM" in text
+    assert main(["info", str(cli_run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"]["hidden_size"] == 32
+    assert info["vocab"] == "".join(sorted(set(TINY_TEXT)))
+    assert info["training"]["step"] == 10
+
+
+def test_eval_text_and_json(cli_run, tiny_text_file, capsys):
+    assert main(["eval", str(cli_run), str(tiny_text_file), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bpc"] == pytest.approx(result["loss"] / math.log(2))
+    assert result["unknown_chars"] == 0
+    assert result["num_chars"] == len(TINY_TEXT)
+    assert result == pytest.approx(charlstm.load(cli_run).evaluate(TINY_TEXT))
+    assert main(["eval", str(cli_run), str(tiny_text_file)]) == 0
+    assert "bits/char" in capsys.readouterr().out
+
+
+def test_eval_of_a_missing_file_is_one_line_and_exit_1(cli_run, tmp_path, capsys):
+    assert main(["eval", str(cli_run), str(tmp_path / "missing.txt")]) == 1
+    one_error_line(capsys)
+
+
+def test_verbose_shows_the_traceback(tmp_path, capsys):
+    assert main(["--verbose", "sample", str(tmp_path / "nope")]) == 1
+    assert "Traceback" in capsys.readouterr().err
