@@ -39,6 +39,16 @@ TINY_TRAIN_OPTIONS = {
 }
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip themselves where PyTorch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def make_model(vocab_size: int, cell: str = "lstm", seed: int = 0, **options) -> CharRNN:
     """A random model in eval mode, the same weights for the same seed."""
     options = {"hidden_size": 32, "num_layers": 2, "dropout": 0.0, **options}

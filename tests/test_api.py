@@ -10,7 +10,7 @@ from conftest import TINY_TEXT, TINY_TRAIN_OPTIONS
 from torch.nn import functional as F
 
 import charlstm
-from charlstm.api import CharModel, split_options
+from charlstm.api import CharModel
 from charlstm.checkpoint import load_checkpoint
 
 
@@ -125,14 +125,6 @@ def test_bad_options_fail_before_anything_is_written(tmp_path, tiny_text_file):
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
-def test_split_options():
-    model, train = split_options({"hidden_size": 8, "cell": "gru", "batch_size": 2, "max_steps": None})
-    assert model == {"hidden_size": 8, "cell": "gru"}
-    assert train == {"batch_size": 2}
-    with pytest.raises(charlstm.CharLSTMError, match="vocab_size"):
-        split_options({"vocab_size": 3})
-
-
 def test_callbacks_see_the_start_every_step_and_every_evaluation(tmp_path, tiny_text_file):
     starts, steps, evals = [], [], []
     charlstm.train(
@@ -164,13 +156,6 @@ def test_resume_continues_exactly_where_last_stopped(tmp_path, tiny_text_file):
         for run in (straight, halves)
     ]
     assert steps[0] == steps[1] == [2, 4, 6]
-
-
-def test_resume_refuses_contradicting_options(tmp_path, tiny_text_file, trained_run):
-    with pytest.raises(charlstm.CharLSTMError, match="--hidden-size"):
-        charlstm.train([], trained_run, resume=True, hidden_size=64)
-    with pytest.raises(charlstm.CharLSTMError, match="no run to resume"):
-        charlstm.train([tiny_text_file], tmp_path / "fresh", resume=True)
 
 
 def test_save_pretrained_round_trips(tmp_path, trained_run):
@@ -205,3 +190,17 @@ def test_korean_text_end_to_end(tmp_path):
     result = model.evaluate(text[:300])
     assert result["unknown_chars"] == 0
     assert math.isfinite(result["loss"])
+
+
+@pytest.mark.gpu
+def test_train_on_cuda_saves_a_checkpoint_that_loads_on_cpu(tmp_path, tiny_text_file):
+    out = charlstm.train([tiny_text_file], tmp_path / "run", **{**TINY_TRAIN_OPTIONS, "device": "cuda"})
+    on_cpu = charlstm.load(out)
+    assert all(t.device.type == "cpu" for t in on_cpu.model.state_dict().values())
+    on_gpu = charlstm.load(out, device="cuda")
+    assert on_gpu.device.type == "cuda"
+    text = "The quick brown fox"
+    assert on_gpu.evaluate(text)["loss"] == pytest.approx(on_cpu.evaluate(text)["loss"], abs=1e-4)
+    sample = on_gpu.generate(prime="The", length=30, seed=1)
+    assert sample == on_gpu.generate(prime="The", length=30, seed=1)
+    assert sample.startswith("The") and set(sample) <= set(on_gpu.vocab.chars)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import make_model
 
+from charlstm import sample as sample_module
 from charlstm.errors import CharLSTMError
 from charlstm.sample import (
     check_sampling_options,
@@ -157,18 +158,23 @@ def test_the_seed_does_not_depend_on_the_global_generator(model):
     assert generate_texts(model, VOCAB, prime_ids(), 50, seed=7) == first
 
 
-def test_stateful_generation_equals_recomputing_from_the_full_context(model):
-    """Logits seen at each generated step equal those of one forward pass over prime + output."""
+def test_stateful_generation_equals_recomputing_from_the_full_context(model, monkeypatch):
+    """The logits each character is sampled from equal those of one forward pass over the
+    prime and everything generated before it."""
     seen: list[torch.Tensor] = []
-    handle = model.register_forward_hook(lambda _m, _args, out: seen.append(out[0][:, -1].clone()))
+
+    def recording_sample_next(logits, *args, **kwargs):
+        seen.append(logits.detach().clone())
+        return sample_next(logits, *args, **kwargs)
+
+    monkeypatch.setattr(sample_module, "sample_next", recording_sample_next)
     prime = prime_ids()
     steps = [int(ids[0]) for ids in stream_ids(model, prime, 40, seed=11)]
-    handle.remove()
-    assert len(seen) == 41  # the prime once, then one pass per generated character
+    assert len(seen) == 40
     with torch.no_grad():
         full, _ = model(torch.tensor([prime + steps]))
-    step_logits = torch.cat(seen, dim=0)  # (41, V): after the prime, after each new character
-    torch.testing.assert_close(step_logits, full[0, len(prime) - 1 :], atol=1e-5, rtol=0)
+    step_logits = torch.cat(seen, dim=0)  # (40, V): after the prime, then after each new character
+    torch.testing.assert_close(step_logits, full[0, len(prime) - 1 : -1], atol=1e-5, rtol=0)
 
 
 def test_greedy_generation_equals_argmax_of_the_full_context(model):
@@ -222,3 +228,15 @@ def test_default_prime_prefers_a_line_break_then_a_space():
     assert default_prime(Vocab.from_text("ab \n")) == "\n"
     assert default_prime(Vocab.from_text("ab ")) == " "
     assert default_prime(Vocab.from_text("zyx")) == "x"
+
+
+@pytest.mark.gpu
+def test_cuda_generation_is_seeded_and_stateful(model):
+    model = model.to("cuda")
+    prime = prime_ids()
+    first = generate_texts(model, VOCAB, prime, 60, num_samples=3, seed=4)
+    assert first == generate_texts(model, VOCAB, prime, 60, num_samples=3, seed=4)
+    ids = VOCAB.encode(generate_texts(model, VOCAB, prime, 40, temperature=0)[0])
+    with torch.no_grad():
+        full, _ = model(torch.tensor([prime + ids], device="cuda"))
+    assert full[0, len(prime) - 1 : -1].argmax(dim=-1).tolist() == ids

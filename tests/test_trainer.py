@@ -253,3 +253,29 @@ def test_pick_device():
     if not torch.cuda.is_available():
         with pytest.raises(CharLSTMError, match="--device cpu"):
             pick_device("cuda")
+
+
+@pytest.mark.gpu
+def test_tiny_model_overfits_on_cuda():
+    text = "hello world " * 200
+    config = TrainConfig(
+        batch_size=8,
+        seq_len=16,
+        learning_rate=0.01,
+        max_steps=100,
+        epochs=1000,
+        eval_interval=50,
+        device="cuda",
+    )
+    vocab = Vocab.from_text(text)
+    train_ids, val_ids = split_train_val(encode_corpus(text, vocab), config.val_frac)
+    model = make_model(len(vocab), hidden_size=64, num_layers=1).to("cuda")
+    trainer = Trainer(
+        model,
+        config,
+        StreamBatches(train_ids, 8, 16, "cuda"),
+        validation_batches(val_ids, 8, 16, "cuda"),
+    )
+    progress = trainer.fit()
+    assert progress.step == 100
+    assert progress.history[-1]["train_loss"] < 0.3

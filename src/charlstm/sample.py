@@ -14,6 +14,7 @@ import torch
 
 from .errors import CharLSTMError
 from .model import CharRNN
+from .stepper import Stepper
 from .vocab import Vocab
 
 
@@ -90,10 +91,12 @@ def stream_ids(
     generator = make_generator(seed, device)
     prime = torch.tensor(prime_ids, device=device).expand(num_samples, -1)  # (N, P)
     logits, state = model(prime)
+    logits = logits[:, -1]  # (N, V)
+    stepper = Stepper(model)
     for _ in range(length):
-        next_ids = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (N,)
+        next_ids = sample_next(logits, temperature, top_k, top_p, generator)  # (N,)
         yield next_ids
-        logits, state = model(next_ids[:, None], state)
+        logits, state = stepper.step(next_ids, state)
 
 
 def stream_text(model: CharRNN, vocab: Vocab, prime_ids: list[int], length: int, **options) -> Iterator[str]:
