@@ -52,10 +52,18 @@ def _sidecars(path: Path) -> tuple[Path, Path]:
     return path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
 
 
+def recover_interrupted_write(path: Path) -> None:
+    """A crash between the two renames leaves only the old folder aside: put it back."""
+    old = _sidecars(path)[1]
+    if not path.exists() and (old / CONFIG_FILE).is_file():
+        os.replace(old, path)
+
+
 def write_folder_atomically(path: Path, files: dict[str, bytes | Path]) -> Path:
     """Create `path` holding `files` (name -> bytes, or a file to move in), replacing it whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_write(path)
     tmp, old = _sidecars(path)
     if old.exists() and path.exists():
         shutil.rmtree(old)

@@ -14,6 +14,9 @@ from typing import Any
 from .errors import CharLSTMError
 
 CELLS = ("lstm", "gru", "rnn")
+# Past this a "character" vocabulary is almost surely not text (or wants subwords), and the
+# output layer alone would dwarf any model worth training on a character level.
+MAX_VOCAB = 1 << 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -39,7 +42,15 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self.vocab_size >= 2, f"vocabulary must hold at least 2 characters, not {self.vocab_size}")
+        _require(
+            self.vocab_size >= 2,
+            f"the text must hold at least 2 distinct characters, not {self.vocab_size}",
+        )
+        _require(
+            self.vocab_size <= MAX_VOCAB,
+            f"the text has {self.vocab_size:,} distinct characters, more than the {MAX_VOCAB:,} a "
+            "character model can take; is it really text in the --encoding given?",
+        )
         _require(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
         _require(self.hidden_size >= 1, f"--hidden-size must be at least 1, not {self.hidden_size}")
         _require(self.num_layers >= 1, f"--num-layers must be at least 1, not {self.num_layers}")

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_config, save_checkpoint
+from .checkpoint import (
+    CONFIG_FILE,
+    load_checkpoint,
+    load_trainer_state,
+    read_config,
+    recover_interrupted_write,
+    save_checkpoint,
+)
 from .config import ModelConfig, TrainConfig
 from .data import (
     BUNDLED_NAME,
@@ -120,6 +127,7 @@ def open_resume(
     """The run in `out_dir/last`, its data paths, and the options merged with the saved ones;
     options that contradict the run are refused."""
     last = out_dir / "last"
+    recover_interrupted_write(last)
     if not (last / CONFIG_FILE).is_file():
         raise CharLSTMError(f"{out_dir}: no run to resume (no last/ checkpoint); start it without --resume")
     resumed = Resumed(last, read_config(last), *load_trainer_state(last))
