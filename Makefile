@@ -19,8 +19,7 @@ $(BIN)/charlstm: pyproject.toml
 install: $(BIN)/charlstm
 
 demo: install
-	$(BIN)/charlstm train --out $(DEMO_DIR) --max-time $(DEMO_SECONDS) \
-		--hidden-size 256 --batch-size 32 --seq-len 64 --learning-rate 0.003 --dropout 0
+	$(BIN)/charlstm train --out $(DEMO_DIR) --overwrite --max-time $(DEMO_SECONDS)
 	$(BIN)/charlstm sample $(DEMO_DIR) --prime "Anna" --length 600 --top-k 5 --seed 1
 
 test: install

@@ -35,6 +35,7 @@ def train(
     encoding: str = "utf-8",
     overwrite: bool = False,
     resume: bool = False,
+    preset: str = "auto",
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[Trainer, torch.Tensor], None] | None = None,
     on_eval: Callable[[Trainer, dict[str, float], bool], None] | None = None,
@@ -44,14 +45,23 @@ def train(
     """Train on the text files or folders in `paths` (none: the bundled novel); returns `out_dir`.
 
     `options` are the fields of `ModelConfig` and `TrainConfig` (`hidden_size=256`,
-    `max_time=60`, ...); see docs/flags.md. Writes `out_dir/best`, `out_dir/last` and
-    `out_dir/metrics.jsonl`. `resume=True` continues the run in `out_dir` exactly where its
-    `last` checkpoint stopped. The callbacks see the run summary, each step and each
-    evaluation; `should_stop` is polled every step (the CLI sets it on Ctrl-C).
+    `max_time=60`, ...); see docs/flags.md. Those not given come from `preset`: "auto" sizes
+    the model and batch for the corpus and the device, "tutorial" is the tutorial's settings.
+    Writes `out_dir/best`, `out_dir/last` and `out_dir/metrics.jsonl`. `resume=True`
+    continues the run in `out_dir` exactly where its `last` checkpoint stopped. The callbacks
+    see the run summary, each step and each evaluation; `should_stop` is polled every step
+    (the CLI sets it on Ctrl-C).
     """
     callbacks = Callbacks(on_start, on_step, on_eval, should_stop)
     return runner.train(
-        paths, out_dir, encoding=encoding, overwrite=overwrite, resume=resume, callbacks=callbacks, **options
+        paths,
+        out_dir,
+        encoding=encoding,
+        overwrite=overwrite,
+        resume=resume,
+        preset=preset,
+        callbacks=callbacks,
+        **options,
     )
 
 

@@ -23,6 +23,7 @@ from .data import read_corpus
 from .distributed import context_from_env
 from .errors import CharLSTMError
 from .metrics import format_record
+from .presets import PRESETS
 from .trainer import Trainer
 
 PROGRESS_REFRESH_S = 1.0
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", default="utf-8", help="text encoding of the files (default: utf-8)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="auto",
+        help="defaults for options not given: auto (sized for the corpus and device) or tutorial",
+    )
+    p.add_argument(
         "--resume", metavar="DIR", default=None, help="continue the run in DIR exactly where DIR/last stopped"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
@@ -128,6 +135,7 @@ class ProgressReporter:
             f"{config['learning_rate']}, {summary['steps_per_epoch']} steps per epoch, "
             f"{summary['total_steps']} steps, validation every {summary['eval_interval']} steps",
         ]
+        lines += [f"chosen: {why}" for why in summary.get("chosen", [])]
         if self.quiet:
             return
         print("\n".join(lines), file=sys.stderr)
@@ -207,6 +215,7 @@ def run_train(args: argparse.Namespace) -> int:
                 encoding=args.encoding,
                 overwrite=args.overwrite,
                 resume=args.resume is not None,
+                preset=args.preset,
                 on_start=reporter.on_start,
                 on_step=reporter.on_step,
                 on_eval=reporter.on_eval,

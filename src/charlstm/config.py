@@ -19,6 +19,7 @@ CELLS = ("lstm", "gru", "rnn")
 MAX_VOCAB = 1 << 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "gloo", "nccl")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -92,6 +93,11 @@ class TrainConfig:
     checkpoint_seconds: float = _opt(
         300.0, "also save DIR/last when this many seconds passed since the last save (0: never)"
     )
+    lr_patience: int = _opt(
+        0, "halve the learning rate after this many validations without a new best (0: never)"
+    )
+    stop_patience: int = _opt(0, "stop after this many validations without a new best (0: never)")
+    precision: str = _opt("fp32", "arithmetic on CUDA: fp32, or bf16 autocast", choices=PRECISIONS)
     seed: int = _opt(1, "seed for weights, dropout and sampling")
     device: str = _opt("auto", "where to train", choices=DEVICES)
     backend: str = _opt(
@@ -127,6 +133,11 @@ class TrainConfig:
             math.isfinite(self.checkpoint_seconds) and self.checkpoint_seconds >= 0,
             f"--checkpoint-seconds must be 0 (off) or positive, not {self.checkpoint_seconds}",
         )
+        _require(self.lr_patience >= 0, f"--lr-patience must be 0 (off) or more, not {self.lr_patience}")
+        _require(
+            self.stop_patience >= 0, f"--stop-patience must be 0 (off) or more, not {self.stop_patience}"
+        )
+        _require(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
         _require(self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}")
         _require(self.dist_timeout > 0, f"--dist-timeout must be positive, not {self.dist_timeout}")
         _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}")

@@ -36,6 +36,7 @@ from .distributed import context_from_env, setup, teardown
 from .errors import CharLSTMError
 from .metrics import MetricsLog
 from .model import CharRNN
+from .presets import PRESETS, auto_options
 from .trainer import Hooks, Trainer, pick_device
 from .vocab import Vocab
 
@@ -176,6 +177,7 @@ def train(
     encoding: str = "utf-8",
     overwrite: bool = False,
     resume: bool = False,
+    preset: str = "auto",
     callbacks: Callbacks | None = None,
     **options: Any,
 ) -> Path:
@@ -184,7 +186,9 @@ def train(
     `options` are the fields of `ModelConfig` and `TrainConfig` (`hidden_size=256`,
     `max_time=60`, ...). Writes `out_dir/best`, `out_dir/last` and `out_dir/metrics.jsonl`
     and returns `out_dir`. `resume=True` continues the run in `out_dir` exactly where its
-    `last` checkpoint stopped. Under torchrun each process trains its share of the streams.
+    `last` checkpoint stopped. Options not given come from `preset`: "auto" sizes the model
+    and batch for the corpus and device (see presets.py), "tutorial" is the tutorial's settings.
+    Under torchrun each process trains its share of the streams.
     """
     out_dir, paths = Path(out_dir), list(paths)
     callbacks = callbacks or Callbacks()
@@ -195,15 +199,22 @@ def train(
             out_dir, paths, model_options, train_options
         )
         encoding = resumed.training.get("encoding", encoding)
-    config = TrainConfig.from_dict(train_options)
+    elif preset not in PRESETS:
+        raise CharLSTMError(f"--preset must be one of {', '.join(PRESETS)}, not {preset!r}")
     corpus = load_corpus(paths, encoding, resumed)
+    device = pick_device(train_options.get("device", "auto"))
+    chosen: list[str] = []
+    if not resumed and preset == "auto":
+        auto, chosen = auto_options(len(corpus.ids), len(corpus.vocab), device.type)
+        model_options = {**{k: v for k, v in auto.items() if k in MODEL_OPTIONS}, **model_options}
+        train_options = {**{k: v for k, v in auto.items() if k in TRAIN_OPTIONS}, **train_options}
+    config = TrainConfig.from_dict(train_options)
     model_config = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
     ctx = context_from_env()
     if config.batch_size % ctx.world_size:
         raise CharLSTMError(
             f"--batch-size {config.batch_size} must be a multiple of {ctx.world_size} processes"
         )
-    device = pick_device(config.device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     train_ids, val_ids = split_train_val(corpus.ids, config.val_frac)
@@ -229,7 +240,7 @@ def train(
             if ctx.is_main:
                 MetricsLog(out_dir / "metrics.jsonl").rewrite(trainer.progress.history)
         if callbacks.on_start and ctx.is_main:
-            callbacks.on_start(_summary(trainer, corpus, resumed is not None))
+            callbacks.on_start({**_summary(trainer, corpus, resumed is not None), "chosen": chosen})
         trainer.fit()
     finally:
         teardown(ctx)

@@ -46,6 +46,7 @@ class Progress:
     window: int = 0  # next window of the current epoch
     elapsed_s: float = 0.0
     best_val_loss: float = math.inf
+    evals_since_best: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -118,6 +119,7 @@ class Trainer:
         self.state: State | None = None
         self.eval_interval = config.eval_interval or default_eval_interval(len(val_batches))
         self.stopped_early = False
+        self.converged = False
         self._clock = (time.perf_counter(), 0.0)
         self._last_save = time.perf_counter()
         self._saved_step = -1
@@ -136,9 +138,10 @@ class Trainer:
         self.model.train()
         if self.state is None:
             self.state = self.model.init_state(inputs.shape[0])
-        logits, state = self.train_model(inputs, detach_state(self.state))
+        with self._autocast():
+            logits, state = self.train_model(inputs, detach_state(self.state))
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
         self.state = state
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -156,12 +159,17 @@ class Trainer:
         total = torch.zeros(2, device=self.device, dtype=torch.float64)  # (nats, chars)
         total[1] = batches.num_chars
         for window in batches:
-            logits, state = self.model(window.inputs, state)
+            with self._autocast():
+                logits, state = self.model(window.inputs, state)
             total[0] += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), window.targets.reshape(-1), reduction="sum"
+                logits.reshape(-1, logits.shape[-1]).float(), window.targets.reshape(-1), reduction="sum"
             )
         nats, chars = self.dist.all_reduce(total).tolist()
         return nats / chars
+
+    def _autocast(self) -> torch.autocast:
+        enabled = self.config.precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _elapsed(self) -> float:
         started, offset = self._clock
@@ -221,7 +229,7 @@ class Trainer:
         check_every_step = self.device.type == "cpu"  # on a GPU, reading the loss would sync
         pending = _Interval(self.device, self.train_batches)
         loss = torch.zeros((), device=self.device)
-        while progress.step < self.total_steps:
+        while progress.step < self.total_steps and not self.converged:
             stop, out_of_time = self._poll(loss if check_every_step else None)
             if stop:
                 self.stopped_early = True
@@ -277,9 +285,22 @@ class Trainer:
         progress.history.append(record)
         is_best = val_loss < progress.best_val_loss
         if is_best:
-            progress.best_val_loss = val_loss
+            progress.best_val_loss, progress.evals_since_best = val_loss, 0
+        else:
+            self._on_plateau()
         if self.hooks.on_eval:
             self.hooks.on_eval(self, record, is_best)
+
+    def _on_plateau(self) -> None:
+        """No new best: halve the learning rate every `lr_patience` such validations, and end
+        the run after `stop_patience` of them in a row."""
+        progress, config = self.progress, self.config
+        progress.evals_since_best += 1
+        if config.lr_patience and progress.evals_since_best % config.lr_patience == 0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= 0.5
+        if config.stop_patience and progress.evals_since_best >= config.stop_patience:
+            self.converged = True
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, JSON-able facts) holding all a resumed run needs besides the weights.

@@ -1,0 +1,65 @@
+"""Default hyperparameters chosen from the corpus and the device (`--preset auto`).
+
+The tutorial's settings (a 2 x 512 LSTM, batch 100 x 100, Adam 0.001, dropout 0.5) are the
+dataclass defaults in `config.py` and stay one flag away (`--preset tutorial`). They are a
+poor fit for a laptop CPU: a step costs ~2 s there. `auto` follows char-rnn's advice that the
+parameter count and the number of training characters be of the same order, then caps the
+size by what the device can train quickly. docs/flags.md explains the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS = ("auto", "tutorial")
+HIDDEN_SIZES = (64, 128, 256, 512, 1024)
+# The largest hidden size each device trains at a useful pace (2 layers).
+DEVICE_MAX_HIDDEN = {"cpu": 256, "mps": 512, "cuda": 1024}
+# (batch_size, seq_len) per device: small windows keep CPU steps short; a GPU wants volume.
+DEVICE_WINDOW = {"cpu": (32, 64), "mps": (64, 128), "cuda": (128, 128)}
+NUM_LAYERS = 2
+MIN_WINDOWS = 8
+
+
+def lstm_parameters(hidden_size: int, vocab_size: int, num_layers: int = NUM_LAYERS) -> int:
+    """Parameters of CharRNN(LSTM) with the default embedding size min(V, H)."""
+    embed = min(vocab_size, hidden_size)
+    first = 4 * hidden_size * (embed + hidden_size + 2)
+    rest = (num_layers - 1) * 4 * hidden_size * (2 * hidden_size + 2)
+    return vocab_size * embed + first + rest + hidden_size * vocab_size + vocab_size
+
+
+def auto_options(num_chars: int, vocab_size: int, device_type: str) -> tuple[dict[str, Any], list[str]]:
+    """Options for a corpus of `num_chars` characters on `device_type`, and why each was chosen."""
+    cap = DEVICE_MAX_HIDDEN.get(device_type, 256)
+    fitting = [h for h in HIDDEN_SIZES if lstm_parameters(h, vocab_size) <= 2 * num_chars and h <= cap]
+    hidden = fitting[-1] if fitting else HIDDEN_SIZES[0]
+    params = lstm_parameters(hidden, vocab_size)
+    ratio = params / num_chars
+    # More parameters per character overfit sooner: regularise in proportion.
+    dropout = 0.0 if ratio < 0.5 else 0.1 if ratio < 1 else 0.2 if ratio < 2 else 0.3
+    batch, seq = DEVICE_WINDOW.get(device_type, DEVICE_WINDOW["cpu"])
+    # A short text still needs several windows per epoch and one window of validation text.
+    while batch > 1 and 0.9 * num_chars // (batch * seq) < MIN_WINDOWS:
+        batch //= 2
+    while seq > 8 and 0.9 * num_chars // (batch * seq) < MIN_WINDOWS:
+        seq //= 2
+    learning_rate = 3e-3 if hidden <= 256 else 2e-3 if hidden <= 512 else 1e-3
+    options = {
+        "hidden_size": hidden,
+        "num_layers": NUM_LAYERS,
+        "dropout": dropout,
+        "batch_size": batch,
+        "seq_len": seq,
+        "learning_rate": learning_rate,
+        "lr_patience": 2,
+        "stop_patience": 8,
+    }
+    why = [
+        f"hidden size {hidden}: the largest whose {params / 1e6:.2f}M parameters stay within twice the "
+        f"{num_chars / 1e6:.2f}M characters (char-rnn's advice) and within {device_type}'s cap of {cap}",
+        f"dropout {dropout}: {ratio:.2f} parameters per character",
+        f"batch {batch} x seq {seq}, learning rate {learning_rate}: sized for {device_type}",
+        "learning rate halves after 2 validations without a new best; stops after 8",
+    ]
+    return options, why
