@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import lzma
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ BUNDLED_CORPUS = "anna_karenina.txt.xz"
 BUNDLED_NAME = "bundled: Anna Karenina"
 _BINARY_PROBE_BYTES = 8192
 _ENCODE_CHUNK = 1 << 20
+_TEXT_CHUNK = 1 << 22
 
 
 def bundled_text() -> str:
@@ -43,28 +45,61 @@ def find_text_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def read_text_file(path: Path, encoding: str = "utf-8") -> str:
-    """Decode one file with universal newlines; a UTF-8 byte-order mark is dropped."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CharLSTMError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if b"\x00" in raw[:_BINARY_PROBE_BYTES] and not encoding.lower().startswith("utf-16"):
-        raise CharLSTMError(f"{path}: looks like a binary file (it holds NUL bytes), not text")
+def _codec(encoding: str) -> str:
+    """UTF-8 is read as utf-8-sig so that a byte-order mark is dropped."""
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
     try:
-        text = raw.decode(codec)
+        codecs.lookup(codec)
     except LookupError:
         raise CharLSTMError(f"unknown encoding {encoding!r}; try --encoding utf-8") from None
-    except UnicodeDecodeError as exc:
+    return codec
+
+
+def _bad_byte_offset(path: Path, codec: str) -> tuple[int, bytes]:
+    """Where decoding `path` first fails, as a byte offset into the file, and that byte."""
+    decoder = codecs.getincrementaldecoder(codec)()
+    offset = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                position = offset - pending + exc.start
+                return position, (exc.object[exc.start : exc.start + 1])
+            offset += len(block)
+    return offset, b""
+
+
+def iter_text_chunks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
+    """Decode one file in chunks of characters, with universal newlines (CRLF and CR become
+    LF); a UTF-8 byte-order mark is dropped. The whole text is never held at once."""
+    codec = _codec(encoding)
+    try:
+        with path.open("rb") as f:
+            head = f.read(_BINARY_PROBE_BYTES)
+        if (
+            b"\x00" in head
+            and not codec.lower().startswith("utf-16")
+            and not codec.lower().startswith("utf-32")
+        ):
+            raise CharLSTMError(f"{path}: looks like a binary file (it holds NUL bytes), not text")
+        with path.open("r", encoding=codec, newline=None) as f:
+            while chunk := f.read(_TEXT_CHUNK):
+                yield chunk
+    except UnicodeDecodeError:
+        position, byte = _bad_byte_offset(path, codec)
         raise CharLSTMError(
-            f"{path}: byte {exc.start} is not valid {encoding} ({raw[exc.start : exc.start + 1]!r}); "
+            f"{path}: byte {position} ({byte!r}) is not valid {encoding}; "
             "pass the right --encoding or fix the file"
         ) from None
-    del raw
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text
+    except OSError as exc:
+        raise CharLSTMError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_text_file(path: Path, encoding: str = "utf-8") -> str:
+    """The whole decoded text of one file (see `iter_text_chunks`)."""
+    return "".join(iter_text_chunks(path, encoding))
 
 
 def read_corpus(paths: Iterable[str | Path] = (), encoding: str = "utf-8") -> tuple[str, list[str]]:
@@ -75,9 +110,61 @@ def read_corpus(paths: Iterable[str | Path] = (), encoding: str = "utf-8") -> tu
     files = find_text_files(paths)
     text = "".join(read_text_file(f, encoding) for f in files)
     if not text.strip():
-        names = ", ".join(str(f) for f in files)
-        raise CharLSTMError(f"{names}: no text to train on (empty or whitespace only)")
+        raise CharLSTMError(f"{_names(files)}: no text to train on (empty or whitespace only)")
     return text, [str(f) for f in files]
+
+
+def _names(files: list[Path]) -> str:
+    return ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
+@dataclass
+class Corpus:
+    """An encoded text: its vocabulary, ids (in memory or memory-mapped) and where it came from."""
+
+    vocab: Vocab
+    ids: np.ndarray
+    sources: list[str]
+    encoding: str
+
+
+def prepare_corpus(
+    paths: Iterable[str | Path] = (), encoding: str = "utf-8", memmap_path: Path | None = None
+) -> Corpus:
+    """Read, build the vocabulary and encode in two streaming passes, so memory holds the ids
+    (one byte a character for most texts) and one chunk of text. With `memmap_path` the ids
+    go to that file instead and are memory-mapped, for corpora larger than memory."""
+    paths = list(paths)
+    if not paths:
+        text = bundled_text()
+        vocab = Vocab.from_text(text)
+        return Corpus(vocab, encode_corpus(text, vocab), [BUNDLED_NAME], encoding)
+    files = find_text_files(paths)
+    chars: set[str] = set()
+    total, has_text = 0, False
+    for f in files:
+        for chunk in iter_text_chunks(f, encoding):
+            chars.update(chunk)
+            total += len(chunk)
+            has_text = has_text or not chunk.isspace()
+    if not has_text:
+        raise CharLSTMError(f"{_names(files)}: no text to train on (empty or whitespace only)")
+    vocab = Vocab(sorted(chars))
+    dtype = ids_dtype(len(vocab))
+    if memmap_path is None:
+        ids = np.empty(total, dtype=dtype)
+    else:
+        ids = np.lib.format.open_memmap(memmap_path, mode="w+", dtype=dtype, shape=(total,))
+    start = 0
+    for f in files:
+        for chunk in iter_text_chunks(f, encoding):
+            ids[start : start + len(chunk)] = encode_corpus(chunk, vocab)
+            start += len(chunk)
+    if memmap_path is not None:
+        ids.flush()
+        del ids
+        ids = np.load(memmap_path, mmap_mode="c")  # copy-on-write: torch may view it
+    return Corpus(vocab, ids, [str(f) for f in files], encoding)
 
 
 def ids_dtype(vocab_size: int) -> np.dtype:
@@ -150,10 +237,12 @@ class StreamBatches:
                 "use a longer text or lower --batch-size / --seq-len"
             )
         streams = ids[: self.num_windows * batch_size * seq_len].reshape(batch_size, -1)
-        streams = np.ascontiguousarray(streams[rows] if rows is not None else streams)
+        if rows is not None:
+            streams = streams[rows]
         self.batch_size = streams.shape[0]
-        self.inputs = torch.from_numpy(streams).to(device)
-        self.targets = torch.from_numpy(np.roll(streams, -1, axis=1)).to(device)
+        # A view of the ids (memory-mapped ones too) on the CPU, a copy on an accelerator;
+        # targets are read from the same rows one column later, so nothing is duplicated.
+        self.rows = torch.from_numpy(streams).to(device)
 
     def __len__(self) -> int:
         return self.num_windows
@@ -161,8 +250,13 @@ class StreamBatches:
     def __getitem__(self, index: int) -> Window:
         if not 0 <= index < self.num_windows:
             raise IndexError(index)
-        cols = slice(index * self.seq_len, (index + 1) * self.seq_len)
-        return Window(self.inputs[:, cols].long(), self.targets[:, cols].long())
+        start, end = index * self.seq_len, (index + 1) * self.seq_len
+        inputs = self.rows[:, start:end]
+        if end < self.rows.shape[1]:
+            targets = self.rows[:, start + 1 : end + 1]
+        else:  # the last target of a row wraps to its first character, as in the tutorial
+            targets = torch.cat([self.rows[:, start + 1 : end], self.rows[:, :1]], dim=1)
+        return Window(inputs.long(), targets.long())
 
     def __iter__(self) -> Iterator[Window]:
         for index in range(self.num_windows):

@@ -4,13 +4,13 @@ folder (`best/`, `last/`, `metrics.jsonl`), resuming, and data parallelism wired
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import __version__
@@ -25,10 +25,10 @@ from .checkpoint import (
 from .config import ModelConfig, TrainConfig
 from .data import (
     BUNDLED_NAME,
+    Corpus,
     StreamBatches,
-    encode_corpus,
     find_text_files,
-    read_corpus,
+    prepare_corpus,
     split_train_val,
     validation_batches,
 )
@@ -38,7 +38,6 @@ from .metrics import MetricsLog
 from .model import CharRNN
 from .presets import PRESETS, auto_options
 from .trainer import Hooks, Trainer, pick_device
-from .vocab import Vocab
 
 MODEL_OPTIONS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
 TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
@@ -80,14 +79,6 @@ class Resumed:
     @property
     def training(self) -> dict[str, Any]:
         return self.config.get("training", {})
-
-
-@dataclass
-class Corpus:
-    vocab: Vocab
-    ids: np.ndarray
-    sources: list[str]
-    encoding: str
 
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -156,18 +147,33 @@ def open_resume(
     return resumed, sources, model_options, {**saved_train, **train_options}
 
 
-def load_corpus(paths: list[str | Path], encoding: str, resumed: Resumed | None) -> Corpus:
-    text, sources = read_corpus(paths, encoding)
-    vocab = Vocab.from_text(text)
-    ids = encode_corpus(text, vocab)
+def load_corpus(paths: list[str | Path], encoding: str, out_dir: Path, resumed: Resumed | None) -> Corpus:
+    """Encode the corpus; one too large to hold comfortably in memory is memory-mapped from
+    `out_dir/corpus.npy`."""
+    files = find_text_files(paths) if paths else []
+    size = sum(f.stat().st_size for f in files)
+    memmap_path = None
+    if size > memmap_threshold():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        memmap_path = out_dir / "corpus.npy"
+    corpus = prepare_corpus(files, encoding, memmap_path)
     if resumed:
         then = resumed.training.get("num_chars")
-        if list(vocab.chars) != resumed.config["vocab"] or len(ids) != then:
+        if list(corpus.vocab.chars) != resumed.config["vocab"] or len(corpus.ids) != then:
             raise CharLSTMError(
                 f"cannot resume: the text has changed since the run started "
-                f"({len(ids):,} characters now, {then} then); start a new run instead"
+                f"({len(corpus.ids):,} characters now, {then} then); start a new run instead"
             )
-    return Corpus(vocab, ids, sources, encoding)
+    return corpus
+
+
+def memmap_threshold() -> int:
+    """Bytes of text above which the encoded ids live in a memory-mapped file: a quarter of
+    this machine's memory (1 GiB where that cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (AttributeError, ValueError, OSError):
+        return 1 << 30
 
 
 def train(
@@ -201,7 +207,7 @@ def train(
         encoding = resumed.training.get("encoding", encoding)
     elif preset not in PRESETS:
         raise CharLSTMError(f"--preset must be one of {', '.join(PRESETS)}, not {preset!r}")
-    corpus = load_corpus(paths, encoding, resumed)
+    corpus = load_corpus(paths, encoding, out_dir, resumed)
     device = pick_device(train_options.get("device", "auto"))
     chosen: list[str] = []
     if not resumed and preset == "auto":
