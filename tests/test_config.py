@@ -18,7 +18,7 @@ def test_defaults_are_valid():
 @pytest.mark.parametrize(
     ("options", "flag"),
     [
-        ({"vocab_size": 1}, "vocabulary"),
+        ({"vocab_size": 1}, "at least 2"),
         ({"vocab_size": 10, "cell": "transformer"}, "--cell"),
         ({"vocab_size": 10, "hidden_size": 0}, "--hidden-size"),
         ({"vocab_size": 10, "num_layers": 0}, "--num-layers"),

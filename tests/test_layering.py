@@ -12,6 +12,7 @@ import charlstm
 ORDER = [
     "errors",
     "config",
+    "presets",
     "vocab",
     "data",
     "model",

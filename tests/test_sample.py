@@ -124,6 +124,16 @@ def test_bad_options_are_refused(model, temperature, top_k, top_p):
         generate_texts(model, VOCAB, prime_ids(), 5, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
+def test_bad_options_are_refused_when_streaming_starts_not_at_the_first_character(model):
+    """A caller that prints the prime before the first character must learn of the error first."""
+    with pytest.raises(CharLSTMError):
+        stream_ids(model, prime_ids(), 5, top_k=0)
+    with pytest.raises(CharLSTMError):
+        stream_text(model, VOCAB, prime_ids(), 5, temperature=-1.0)
+    with pytest.raises(CharLSTMError):
+        stream_text(model, VOCAB, [], 5)
+
+
 def test_bad_length_num_samples_and_empty_prime_are_refused(model):
     with pytest.raises(CharLSTMError):
         generate_texts(model, VOCAB, prime_ids(), -1)

@@ -23,7 +23,7 @@ from .data import read_corpus
 from .distributed import context_from_env
 from .errors import CharLSTMError
 from .metrics import format_record
-from .presets import PRESETS
+from .presets import AUTO_CHOSEN, PRESETS
 from .trainer import Trainer
 
 PROGRESS_REFRESH_S = 1.0
@@ -46,6 +46,8 @@ def add_config_flags(
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         default = None if f.default is MISSING else f.default
         shown = "" if default is None else f" (default: {default})"
+        if f.name in AUTO_CHOSEN:
+            shown = f" (default: chosen by --preset auto; tutorial: {default})"
         group.add_argument(
             _flag(f.name),
             type=base,

@@ -18,6 +18,17 @@ DEVICE_MAX_HIDDEN = {"cpu": 256, "mps": 512, "cuda": 1024}
 # (batch_size, seq_len) per device: small windows keep CPU steps short; a GPU wants volume.
 DEVICE_WINDOW = {"cpu": (32, 64), "mps": (64, 128), "cuda": (128, 128)}
 NUM_LAYERS = 2
+# The options `auto` chooses; every other option has the same default in both presets.
+AUTO_CHOSEN = (
+    "hidden_size",
+    "num_layers",
+    "dropout",
+    "batch_size",
+    "seq_len",
+    "learning_rate",
+    "lr_patience",
+    "stop_patience",
+)
 MIN_WINDOWS = 8
 
 

@@ -69,7 +69,6 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
-@torch.inference_mode()
 def stream_ids(
     model: CharRNN,
     prime_ids: list[int],
@@ -80,12 +79,29 @@ def stream_ids(
     num_samples: int = 1,
     seed: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield `length` steps of next ids, each (num_samples,), after feeding `prime_ids` once."""
+    """Yield `length` steps of next ids, each (num_samples,), after feeding `prime_ids` once.
+
+    Bad options raise here, at the call, not at the first `next()`: a caller that prints the
+    prime before the first character never prints it for a run that cannot start."""
     check_sampling_options(temperature, top_k, top_p)
     if not prime_ids:
         raise CharLSTMError("the prime is empty after dropping unknown characters; give another prime")
     if length < 0 or num_samples < 1:
         raise CharLSTMError("--length must be 0 or more and --num-samples at least 1")
+    return _stream_ids(model, prime_ids, length, temperature, top_k, top_p, num_samples, seed)
+
+
+@torch.inference_mode()
+def _stream_ids(
+    model: CharRNN,
+    prime_ids: list[int],
+    length: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    num_samples: int,
+    seed: int | None,
+) -> Iterator[torch.Tensor]:
     model.eval()
     device = model.head.weight.device
     generator = make_generator(seed, device)
@@ -100,9 +116,9 @@ def stream_ids(
 
 
 def stream_text(model: CharRNN, vocab: Vocab, prime_ids: list[int], length: int, **options) -> Iterator[str]:
-    """Characters of a single sample as they are produced."""
-    for ids in stream_ids(model, prime_ids, length, num_samples=1, **options):
-        yield vocab.chars[int(ids[0])]
+    """Characters of a single sample as they are produced (options are checked at the call)."""
+    steps = stream_ids(model, prime_ids, length, num_samples=1, **options)
+    return (vocab.chars[int(ids[0])] for ids in steps)
 
 
 def generate_texts(
