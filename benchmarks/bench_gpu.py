@@ -27,6 +27,14 @@ from charlstm.model import CharRNN
 from charlstm.trainer import Trainer
 from charlstm.vocab import Vocab
 
+DEVICE = "cuda"
+SIZE = 8192
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
 
 def lstm_flops_per_char(hidden: int, layers: int, embed: int, vocab: int) -> float:
     """Training FLOPs per character: forward matmuls x 3 (backward costs about twice forward)."""
@@ -36,16 +44,16 @@ def lstm_flops_per_char(hidden: int, layers: int, embed: int, vocab: int) -> flo
 
 
 def matmul_peak_tflops(dtype: torch.dtype) -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
-    b = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    a = torch.randn(SIZE, SIZE, device=DEVICE, dtype=dtype)
+    b = torch.randn(SIZE, SIZE, device=DEVICE, dtype=dtype)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(10):
         a @ b
-    torch.cuda.synchronize()
-    return 10 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12
+    sync()
+    return 10 * 2 * SIZE**3 / (time.perf_counter() - start) / 1e12
 
 
 def throughput(preset_options: dict[str, Any], precision: str, steps: int = 60) -> dict[str, Any]:
@@ -61,18 +69,18 @@ def throughput(preset_options: dict[str, Any], precision: str, steps: int = 60) 
         **{k: v for k, v in preset_options.items() if k not in model_keys}, precision=precision
     )
     torch.manual_seed(0)
-    model = CharRNN(model_config).cuda()
-    batches = StreamBatches(ids, config.batch_size, config.seq_len, "cuda")
+    model = CharRNN(model_config).to(DEVICE)
+    batches = StreamBatches(ids, config.batch_size, config.seq_len, DEVICE)
     trainer = Trainer(model, config, batches, batches)
     for i in range(10):
         window = batches[i]
         trainer.train_step(window.inputs, window.targets)
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for i in range(steps):
         window = batches[(10 + i) % len(batches)]
         trainer.train_step(window.inputs, window.targets)
-    torch.cuda.synchronize()
+    sync()
     seconds = time.perf_counter() - start
     chars_per_sec = steps * config.batch_size * config.seq_len / seconds
     flops = lstm_flops_per_char(
@@ -90,7 +98,7 @@ def throughput(preset_options: dict[str, Any], precision: str, steps: int = 60) 
 def time_to_quality(minutes: float, precision: str, target: float = 1.3) -> dict[str, Any]:
     """charlstm's auto preset on the bundled novel for `minutes`: the validation curve."""
     out = Path(tempfile.mkdtemp()) / "run"
-    charlstm.train([], out, max_time=minutes * 60, precision=precision, device="cuda")
+    charlstm.train([], out, max_time=minutes * 60, precision=precision, device=DEVICE)
     curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     reached = next((r["elapsed_s"] for r in curve if r["val_loss"] <= target), None)
     return {
@@ -104,14 +112,14 @@ def time_to_quality(minutes: float, precision: str, target: float = 1.3) -> dict
 
 
 def sampling(checkpoint: str) -> dict[str, Any]:
-    model = charlstm.load(checkpoint, device="cuda")
+    model = charlstm.load(checkpoint, device=DEVICE)
     results: dict[str, Any] = {}
     for streams in (1, 64):
         model.generate("Anna", length=50, top_k=5, num_samples=streams, seed=0)
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         model.generate("Anna", length=2000, top_k=5, num_samples=streams, seed=0)
-        torch.cuda.synchronize()
+        sync()
         results[f"streams_{streams}_chars_per_sec"] = streams * 2000 / (time.perf_counter() - start)
     results["sample"] = model.generate("Anna", length=300, top_k=5, seed=7)
     return results
@@ -129,8 +137,12 @@ def guarded(name: str, fn: Any, *args: Any) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=3.0, help="time-to-quality run length")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run on the CPU, to check the script")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
+    global DEVICE, SIZE
+    if args.smoke:
+        DEVICE, SIZE = "cpu", 256
+    elif not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -150,8 +162,11 @@ def main() -> None:
         "seq_len": 100,
         "learning_rate": 0.001,
     }
+    if args.smoke:
+        auto = {**auto, "hidden_size": 32, "batch_size": 8, "seq_len": 16}
+        tutorial = {**tutorial, "hidden_size": 32, "batch_size": 8, "seq_len": 16}
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)",
         "torch": torch.__version__,
         "peak_tflops": {
             "fp32_tf32": guarded("peak fp32", matmul_peak_tflops, torch.float32),
@@ -161,7 +176,7 @@ def main() -> None:
             guarded("tutorial fp32", throughput, tutorial, "fp32"),
             guarded("auto fp32", throughput, auto, "fp32"),
             guarded("auto bf16", throughput, auto, "bf16"),
-            guarded("auto 1024 bf16", throughput, {**auto, "hidden_size": 1024, "batch_size": 256}, "bf16"),
+            guarded("auto 1024 bf16", throughput, {**auto, "hidden_size": 2 * auto["hidden_size"]}, "bf16"),
         ],
     }
     quality = [
