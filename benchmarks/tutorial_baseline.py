@@ -124,6 +124,27 @@ def validate(net: CharRNN, val_data: np.ndarray, batch_size: int, seq_length: in
     return float(np.mean(val_losses))
 
 
+def train_step(net: CharRNN, opt: torch.optim.Optimizer, criterion: nn.Module, x: np.ndarray, y: np.ndarray,
+               h: Hidden, clip: float = 5.0) -> tuple[torch.Tensor, Hidden]:
+    """One step of the tutorial's loop: one-hot the batch, detach h, forward, backward, clip, Adam."""
+    inputs, targets = torch.from_numpy(one_hot_encode(x, len(net.chars))), torch.from_numpy(y)
+    h = tuple([each.data for each in h])  # type: ignore[assignment]
+    net.zero_grad()
+    output, h = net(inputs, h)
+    loss = criterion(output, targets.view(x.size))
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), clip)
+    opt.step()
+    return loss, h
+
+
+def encode_text(text: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """The tutorial's vocabulary and int array (sorted rather than set order; see main)."""
+    chars = tuple(sorted(set(text)))
+    char2int = {ch: ii for ii, ch in enumerate(chars)}
+    return chars, np.array([char2int[ch] for ch in text])
+
+
 def train(net: CharRNN, data: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     bs, sl = args.batch_size, args.seq_length
     net.train()
@@ -148,14 +169,7 @@ def train(net: CharRNN, data: np.ndarray, args: argparse.Namespace) -> dict[str,
                 break
             t0 = time.perf_counter()
             counter += 1
-            inputs, targets = torch.from_numpy(one_hot_encode(x, len(net.chars))), torch.from_numpy(y)
-            h = tuple([each.data for each in h])  # type: ignore[assignment]
-            net.zero_grad()
-            output, h = net(inputs, h)
-            loss = criterion(output, targets.view(bs * sl))
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 5)
-            opt.step()
+            loss, h = train_step(net, opt, criterion, x, y, h)
             step_times.append(time.perf_counter() - t0)
             if counter % args.print_every == 0:
                 tv = time.perf_counter()
@@ -220,10 +234,7 @@ def main() -> None:
         text = text[:20_000]
     # The tutorial uses tuple(set(text)), whose order changes from run to run (string hashing is randomised);
     # we sort it so runs are reproducible. Only the id assignment differs; nothing else depends on it.
-    chars = tuple(sorted(set(text)))
-    int2char = dict(enumerate(chars))
-    char2int = {ch: ii for ii, ch in int2char.items()}
-    encoded = np.array([char2int[ch] for ch in text])
+    chars, encoded = encode_text(text)
 
     net = CharRNN(chars, n_hidden=args.hidden, n_layers=2, drop_prob=0.5)
     config = {

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import torch
 from conftest import make_model
 from safetensors.torch import load_file
 
+from charlstm import checkpoint
 from charlstm.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -247,3 +250,114 @@ def test_saving_over_a_file_is_refused(tmp_path, tiny_model, tiny_vocab):
     with pytest.raises(CharLSTMError, match="not a folder"):
         save_checkpoint(target, tiny_model, tiny_vocab, {})
     assert target.read_text() == "a file"
+
+
+def assert_same_weights(path: Path, model) -> None:
+    loaded = load_checkpoint(path)
+    expected = model.state_dict()
+    restored = loaded.model.state_dict()
+    assert restored.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(restored[name], tensor), name
+
+
+def full_disk() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def fail_tensor_write(number: int):
+    def patch(monkeypatch) -> None:
+        """The `number`-th safetensors file of the save (weights, then trainer state) is
+        written part-way, then the disk is full."""
+        real, calls = checkpoint.save_file, []
+
+        def save_file(tensors, filename, metadata=None):
+            calls.append(filename)
+            if len(calls) == number:
+                Path(filename).write_bytes(b"\x00" * 100)
+                raise full_disk()
+            return real(tensors, filename, metadata=metadata)
+
+        monkeypatch.setattr(checkpoint, "save_file", save_file)
+
+    return patch
+
+
+def fail_folder_writes(monkeypatch) -> None:
+    """Writing a file into the staging folder stops part-way with a full disk."""
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.parent.name.endswith(".tmp"):
+            real(self, data[: len(data) // 2])
+            raise full_disk()
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def fail_rename(number: int):
+    def patch(monkeypatch) -> None:
+        """The `number`-th rename of the save fails with a full disk (moving the staged weights
+        in, moving the old folder aside, moving the new one into place)."""
+        real, calls = os.replace, []
+
+        def replace(src, dst, **kwargs):
+            calls.append((src, dst))
+            if len(calls) == number:
+                raise full_disk()
+            return real(src, dst, **kwargs)
+
+        monkeypatch.setattr(checkpoint.os, "replace", replace)
+
+    return patch
+
+
+FULL_DISK_AT = {
+    "weights": fail_tensor_write(1),
+    "trainer-tensors": fail_tensor_write(2),
+    "config": fail_folder_writes,
+    "rename-weights-in": fail_rename(1),
+    "rename-old-aside": fail_rename(2),
+    "rename-new-in": fail_rename(3),
+}
+
+
+@pytest.mark.parametrize(
+    ("where", "with_state"),
+    [
+        pytest.param(where, with_state, id=f"{where}-{'last' if with_state else 'best'}")
+        for with_state in (False, True)
+        for where in FULL_DISK_AT
+        if with_state or where != "trainer-tensors"  # best/ has no trainer state to write
+    ],
+)
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, tiny_vocab, monkeypatch, where, with_state):
+    old_model, new_model = make_model(len(tiny_vocab), seed=1), make_model(len(tiny_vocab), seed=2)
+    state = ({"rng.torch": torch.get_rng_state()}, {"progress": {"step": 1}, "hidden_parts": 0})
+    trainer_state = state if with_state else None
+    path = save_checkpoint(tmp_path / "ckpt", old_model, tiny_vocab, {"version": 1}, trainer_state)
+
+    with monkeypatch.context() as patch:
+        FULL_DISK_AT[where](patch)
+        with pytest.raises(CharLSTMError) as info:
+            save_checkpoint(path, new_model, tiny_vocab, {"version": 2}, trainer_state)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "previous one is kept" in message
+    assert os.strerror(errno.ENOSPC) in message
+
+    loaded = load_checkpoint(path)
+    assert loaded.training == {"version": 1}
+    assert_same_weights(path, old_model)
+    if with_state:
+        assert load_trainer_state(path)[1]["progress"] == {"step": 1}
+    # Nothing staged is left behind to fill the disk further or to be mistaken for a checkpoint.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+    # Once there is room again, the next save goes through.
+    save_checkpoint(path, new_model, tiny_vocab, {"version": 3}, trainer_state)
+    assert load_checkpoint(path).training == {"version": 3}
+    assert_same_weights(path, new_model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import re
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from conftest import TINY_TEXT
 
 import charlstm
-from charlstm.cli import main
+from charlstm.cli import build_parser, main
 from charlstm.config import ModelConfig, TrainConfig
 
 TINY_FLAGS = [
@@ -230,3 +233,60 @@ def test_eval_of_a_missing_file_is_one_line_and_exit_1(cli_run, tmp_path, capsys
 def test_verbose_shows_the_traceback(tmp_path, capsys):
     assert main(["--verbose", "sample", str(tmp_path / "nope")]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def flags_of(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+
+
+def doc_sections(doc: str) -> dict[str, str]:
+    """docs/flags.md split at its `## ` headings: `charlstm train ...` -> "train", Global -> ""."""
+    sections: dict[str, str] = {}
+    for part in re.split(r"^## ", doc, flags=re.MULTILINE)[1:]:
+        heading, _, body = part.partition("\n")
+        command = re.match(r"`charlstm (\w+)", heading)
+        if command:
+            sections[command.group(1)] = body
+        elif heading.strip() == "Global":
+            sections[""] = body
+    return sections
+
+
+FLAGS_DOC = Path(__file__).resolve().parents[1] / "docs" / "flags.md"
+
+
+def undocumented(doc: str) -> list[str]:
+    """Flags `--help` shows (per command, and the global ones) missing from that command's
+    section of `doc`."""
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = dict(subparsers.choices)
+    assert set(commands) == {"train", "sample", "eval", "info"}
+    sections = doc_sections(doc)
+    assert set(sections) == {"", *commands}
+    missing = []
+    for name, command in [("", parser), *commands.items()]:
+        flags = flags_of(command)
+        assert flags, name
+        for flag in sorted(flags):
+            if not re.search(rf"`{re.escape(flag)}(?![\w-])", sections[name]):
+                missing.append(f"{name or 'charlstm'} {flag}")
+    return missing
+
+
+def test_every_flag_in_help_is_in_the_flags_doc():
+    missing = undocumented(FLAGS_DOC.read_text(encoding="utf-8"))
+    assert not missing, f"flags shown by --help but not documented in docs/flags.md: {missing}"
+
+
+def test_the_flags_doc_check_notices_a_missing_flag():
+    doc = FLAGS_DOC.read_text(encoding="utf-8")
+    without = "\n".join(line for line in doc.splitlines() if not line.startswith("| `--top-p"))
+    assert without != doc
+    assert undocumented(without) == ["sample --top-p"]  # `--top-k` does not count for `--top-p`
+    assert "train --seed" in undocumented(doc.replace("`--seed S` | 1 |", "seed |"))

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from charlstm.config import CELLS, ModelConfig, TrainConfig
+from charlstm.config import CELLS, MAX_VOCAB, ModelConfig, TrainConfig
 from charlstm.errors import CharLSTMError
 
 
@@ -87,3 +87,25 @@ def test_configs_are_frozen():
     config = TrainConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.batch_size = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("vocab_size", [MAX_VOCAB + 1, 200_000])
+def test_a_vocabulary_too_large_for_a_character_model_is_refused(vocab_size):
+    assert MAX_VOCAB == 65_536
+    with pytest.raises(CharLSTMError, match="distinct characters") as info:
+        ModelConfig(vocab_size=vocab_size)
+    message = str(info.value)
+    assert f"{vocab_size:,}" in message  # how many the text has
+    assert f"{MAX_VOCAB:,}" in message  # and the limit
+    assert "--encoding" in message
+
+
+def test_the_largest_vocabulary_is_accepted():
+    assert ModelConfig(vocab_size=MAX_VOCAB, hidden_size=4, num_layers=1).vocab_size == MAX_VOCAB
+
+
+@pytest.mark.parametrize("vocab_size", [1, 0, -5])
+def test_fewer_than_two_characters_is_refused(vocab_size):
+    with pytest.raises(CharLSTMError, match="at least 2 distinct characters") as info:
+        ModelConfig(vocab_size=vocab_size)
+    assert str(vocab_size) in str(info.value)

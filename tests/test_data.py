@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TEXT
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from charlstm.data import (
     encode_corpus,
     find_text_files,
     ids_dtype,
+    prepare_corpus,
     read_corpus,
     read_text_file,
     split_train_val,
@@ -276,3 +278,155 @@ def test_validation_uses_fewer_rows_when_short():
 def test_validation_shorter_than_one_window_is_a_clear_error():
     with pytest.raises(CharLSTMError, match="validation text too short"):
         validation_batches(np.arange(7), batch_size=4, seq_len=8, device="cpu")
+
+
+# ---------------------------------------------------------------- prepare_corpus (streaming, memory-mapped)
+
+
+def mixed_files(root: Path) -> list[Path]:
+    """Files and a folder with every line ending, a byte-order mark, Korean and emoji."""
+    (root / "folder" / "deeper").mkdir(parents=True)
+    write(root / "crlf.txt", "첫 줄\r\nsecond line\r\n".encode())
+    write(root / "folder" / "b.txt", b"old Mac\rline endings\r")
+    write(root / "folder" / "a.txt", "\ufeff안녕하세요 🙂🚀\nnaïve café\n".encode())
+    write(root / "folder" / "deeper" / "c.txt", "\ufeffmixed\r\nends\rhere\n🙂".encode())
+    write(root / "last.txt", b"\nno BOM, ASCII only")
+    return [root / "crlf.txt", root / "folder", root / "last.txt"]
+
+
+def reference_corpus(paths, encoding="utf-8"):
+    text, sources = read_corpus(paths, encoding)
+    vocab = Vocab.from_text(text)
+    return text, vocab, encode_corpus(text, vocab), sources
+
+
+def test_prepare_corpus_equals_read_then_encode(tmp_path):
+    paths = mixed_files(tmp_path)
+    text, vocab, ids, sources = reference_corpus(paths)
+    assert "\r" not in text and "\ufeff" not in text and "🙂" in text  # the files did exercise it
+    corpus = prepare_corpus(paths)
+    assert corpus.vocab == vocab
+    assert corpus.sources == sources
+    assert corpus.encoding == "utf-8"
+    assert corpus.ids.dtype == ids.dtype
+    assert np.array_equal(corpus.ids, ids)
+    assert vocab.decode(corpus.ids.tolist()) == text
+
+
+def test_prepare_corpus_uses_wide_ids_when_the_text_needs_them(tmp_path):
+    path = write(tmp_path / "hangul.txt", "".join(chr(0xAC00 + i) for i in range(300)).encode() * 3)
+    _, _, ids, _ = reference_corpus([path])
+    corpus = prepare_corpus([path])
+    assert corpus.ids.dtype == ids.dtype == np.int16
+    assert np.array_equal(corpus.ids, ids)
+
+
+def test_prepare_corpus_honours_other_encodings(tmp_path):
+    path = write(tmp_path / "latin1.txt", "café\r\nnaïve".encode("latin-1"))
+    corpus = prepare_corpus([path], encoding="latin-1")
+    assert corpus.vocab.decode(corpus.ids.tolist()) == "café\nnaïve"
+    assert corpus.encoding == "latin-1"
+
+
+def test_prepare_corpus_memory_maps_the_same_ids(tmp_path):
+    paths = mixed_files(tmp_path / "texts")
+    in_memory = prepare_corpus(paths)
+    target = tmp_path / "corpus.npy"
+    mapped = prepare_corpus(paths, memmap_path=target)
+    assert target.is_file()
+    assert isinstance(mapped.ids, np.memmap)
+    assert not isinstance(in_memory.ids, np.memmap)
+    assert mapped.vocab == in_memory.vocab
+    assert mapped.ids.dtype == in_memory.ids.dtype
+    assert np.array_equal(mapped.ids, in_memory.ids)
+    assert np.array_equal(np.load(target), in_memory.ids)  # a plain .npy file: readable on its own
+
+
+@pytest.mark.parametrize("raw", [[b""], [b"  \n", b"\r\n\t"], ["\ufeff \u3000\n".encode()]])
+def test_prepare_corpus_refuses_whitespace_only_files(tmp_path, raw):
+    paths = [write(tmp_path / f"{i}.txt", data) for i, data in enumerate(raw)]
+    with pytest.raises(CharLSTMError, match="no text"):
+        prepare_corpus(paths)
+    with pytest.raises(CharLSTMError, match="no text"):
+        prepare_corpus(paths, memmap_path=tmp_path / "corpus.npy")
+
+
+def test_prepare_corpus_keeps_text_from_any_file(tmp_path):
+    blank = write(tmp_path / "a.txt", b"   \n")
+    text = write(tmp_path / "b.txt", b"x y")
+    corpus = prepare_corpus([blank, text])
+    assert corpus.vocab.decode(corpus.ids.tolist()) == "   \nx y"
+
+
+def test_invalid_byte_after_a_byte_order_mark_names_its_offset_in_the_file(tmp_path):
+    path = write(tmp_path / "bom.txt", b"\xef\xbb\xbfabc\xffdef")  # 0xFF is byte 6 of the file
+    with pytest.raises(CharLSTMError, match="byte 6 "):
+        read_text_file(path)
+
+
+def test_invalid_byte_far_past_the_first_chunk_names_its_offset(tmp_path):
+    # A 3-byte character straddles a 1 MiB boundary just before the bad byte, so the offset
+    # must account for bytes the decoder held over from the previous block.
+    boundary = 5 << 20
+    head = b"abc \n" * ((boundary - 2) // 5) + b"a" * ((boundary - 2) % 5)
+    bad_at = boundary + 1 + 9
+    data = head + "한".encode() + b"ninebytes" + b"\xff" + b" tail\n"
+    assert data[bad_at : bad_at + 1] == b"\xff" and bad_at > 5_000_000
+    path = write(tmp_path / "big.txt", data)
+    for read in (read_text_file, lambda p: prepare_corpus([p])):
+        with pytest.raises(CharLSTMError, match=f"byte {bad_at} ") as info:
+            read(path)
+        assert str(path) in str(info.value)
+        assert r"\xff" in str(info.value)
+
+
+def test_stream_batches_on_a_memmap_match_an_in_memory_copy(tmp_path):
+    rng = np.random.default_rng(0)
+    target = tmp_path / "ids.npy"
+    np.save(target, rng.integers(0, 200, size=5_003, dtype=np.uint8))
+    mapped = np.load(target, mmap_mode="c")
+    assert isinstance(mapped, np.memmap)
+    copy = np.array(mapped)
+    for batch_size, seq_len in [(4, 16), (7, 9), (1, 64)]:
+        on_disk, in_memory = (
+            StreamBatches(mapped, batch_size, seq_len),
+            StreamBatches(copy, batch_size, seq_len),
+        )
+        assert len(on_disk) == len(in_memory)
+        for a, b in zip(on_disk, in_memory, strict=True):
+            assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+        assert on_disk.rows.dtype == torch.uint8  # still compact: the view is not widened
+
+
+def test_a_memory_mapped_run_trains_exactly_like_an_in_memory_one(tmp_path, tiny_text_file, monkeypatch):
+    import json
+
+    from conftest import TINY_TRAIN_OPTIONS
+
+    import charlstm
+    from charlstm import runner
+
+    in_memory = charlstm.train([tiny_text_file], tmp_path / "memory", **TINY_TRAIN_OPTIONS)
+    assert not (in_memory / "corpus.npy").exists()
+    monkeypatch.setattr(runner, "memmap_threshold", lambda: 0)
+    seen: list[np.ndarray] = []
+    original = runner.prepare_corpus
+
+    def spy(*args, **kwargs):
+        corpus = original(*args, **kwargs)
+        seen.append(corpus.ids)
+        return corpus
+
+    monkeypatch.setattr(runner, "prepare_corpus", spy)
+    mapped = charlstm.train([tiny_text_file], tmp_path / "mapped", **TINY_TRAIN_OPTIONS)
+    assert len(seen) == 1 and isinstance(seen[0], np.memmap)
+    assert (mapped / "corpus.npy").is_file()
+    assert np.array_equal(np.load(mapped / "corpus.npy"), prepare_corpus([tiny_text_file]).ids)
+
+    def val_losses(run: Path) -> list[float]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["val_loss"] for line in lines]
+
+    assert val_losses(mapped) == val_losses(in_memory)
+    assert len(val_losses(mapped)) == 2
+    assert charlstm.load(mapped).training["num_chars"] == len(TINY_TEXT)

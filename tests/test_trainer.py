@@ -14,7 +14,14 @@ from charlstm import trainer as trainer_module
 from charlstm.config import TrainConfig
 from charlstm.data import StreamBatches, encode_corpus, split_train_val, validation_batches
 from charlstm.errors import CharLSTMError
-from charlstm.trainer import EVAL_COST_FACTOR, Hooks, Trainer, default_eval_interval, pick_device
+from charlstm.trainer import (
+    EVAL_COST_FACTOR,
+    MIN_EVAL_STEPS,
+    Hooks,
+    Trainer,
+    default_eval_interval,
+    pick_device,
+)
 from charlstm.vocab import Vocab
 
 RECORD_KEYS = {"step", "epoch", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"}
@@ -216,11 +223,15 @@ def test_default_eval_interval_rule():
     assert default_eval_interval(1) == math.ceil(EVAL_COST_FACTOR) == 4
     assert default_eval_interval(2) == 7
     assert default_eval_interval(10) == 35
+    # never more often than once an epoch, nor than every MIN_EVAL_STEPS steps
+    assert default_eval_interval(1, steps_per_epoch=11) == 11
+    assert default_eval_interval(1, steps_per_epoch=1000) == MIN_EVAL_STEPS
+    assert default_eval_interval(100, steps_per_epoch=1000) == 350
 
 
 def test_trainer_uses_the_default_eval_interval_unless_given():
     trainer = make_trainer("abcdefgh " * 200)
-    assert trainer.eval_interval == default_eval_interval(len(trainer.val_batches))
+    assert trainer.eval_interval == default_eval_interval(len(trainer.val_batches), trainer.steps_per_epoch)
     assert make_trainer("abcdefgh " * 200, eval_interval=2).eval_interval == 2
 
 

@@ -109,17 +109,32 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes | Path] = {CONFIG_FILE: _json_bytes(config)}
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    files[WEIGHTS_FILE] = _save_tensors(path, WEIGHTS_FILE, weights)
-    if trainer_state is not None:
-        tensors, meta = trainer_state
-        files[TRAINER_TENSORS_FILE] = _save_tensors(path, TRAINER_TENSORS_FILE, tensors)
-        files[TRAINER_META_FILE] = _json_bytes(meta)
     try:
+        files[WEIGHTS_FILE] = _save_tensors(path, WEIGHTS_FILE, weights)
+        if trainer_state is not None:
+            tensors, meta = trainer_state
+            files[TRAINER_TENSORS_FILE] = _save_tensors(path, TRAINER_TENSORS_FILE, tensors)
+            files[TRAINER_META_FILE] = _json_bytes(meta)
         return write_folder_atomically(path, files)
     except OSError as exc:
         raise CharLSTMError(
             f"{path}: could not save the checkpoint ({exc.strerror or exc}); the previous one is kept"
         ) from None
+    finally:
+        _discard_staged(path, files)
+
+
+def _discard_staged(path: Path, files: dict[str, bytes | Path]) -> None:
+    """After a save (a no-op when it succeeded): put a previous folder moved aside back and
+    remove what was staged, so a failed save (a full disk) leaves the old checkpoint as it was."""
+    try:
+        recover_interrupted_write(path)
+    except OSError:
+        pass  # still found by resolve_checkpoint, and put back by the next save
+    shutil.rmtree(_sidecars(path)[0], ignore_errors=True)
+    for content in files.values():
+        if isinstance(content, Path):
+            content.unlink(missing_ok=True)
 
 
 def _json_bytes(value: Any) -> bytes:

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"charlstm {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a model on text files (default: the bundled novel)")
@@ -321,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise CharLSTMError(f"--threads must be at least 1, not {args.threads}")
+            torch.set_num_threads(args.threads)
         return COMMANDS[args.command](args)
     except CharLSTMError as exc:
         if args.verbose:

@@ -18,7 +18,7 @@ from .vocab import Vocab, describe_chars
 BUNDLED_CORPUS = "anna_karenina.txt.xz"
 BUNDLED_NAME = "bundled: Anna Karenina"
 _BINARY_PROBE_BYTES = 8192
-_ENCODE_CHUNK = 1 << 20
+_ENCODE_CHUNK = 1 << 18  # bounds the temporary arrays (a few bytes a character each)
 _TEXT_CHUNK = 1 << 22
 
 
@@ -57,6 +57,10 @@ def _codec(encoding: str) -> str:
 
 def _bad_byte_offset(path: Path, codec: str) -> tuple[int, bytes]:
     """Where decoding `path` first fails, as a byte offset into the file, and that byte."""
+    # utf-8-sig's decoder reports positions past a byte-order mark it dropped; plain UTF-8
+    # fails at the same bytes (the mark is valid UTF-8) and counts from the file's start.
+    if codecs.lookup(codec).name == "utf-8-sig":
+        codec = "utf-8"
     decoder = codecs.getincrementaldecoder(codec)()
     offset = 0
     with path.open("rb") as f:

@@ -9,6 +9,7 @@ size by what the device can train quickly. docs/flags.md explains the rule.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 PRESETS = ("auto", "tutorial")
@@ -28,7 +29,10 @@ AUTO_CHOSEN = (
     "learning_rate",
     "lr_patience",
     "stop_patience",
+    "epochs",
 )
+# A short text needs many passes before it is learnt; plateau stopping ends the run in time.
+MIN_EPOCHS, MAX_EPOCHS, EPOCH_CHARS = 20, 200, 20_000_000
 MIN_WINDOWS = 8
 
 
@@ -55,6 +59,7 @@ def auto_options(num_chars: int, vocab_size: int, device_type: str) -> tuple[dic
         batch //= 2
     while seq > 8 and 0.9 * num_chars // (batch * seq) < MIN_WINDOWS:
         seq //= 2
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(EPOCH_CHARS / num_chars)))
     learning_rate = 3e-3 if hidden <= 256 else 2e-3 if hidden <= 512 else 1e-3
     options = {
         "hidden_size": hidden,
@@ -65,12 +70,14 @@ def auto_options(num_chars: int, vocab_size: int, device_type: str) -> tuple[dic
         "learning_rate": learning_rate,
         "lr_patience": 2,
         "stop_patience": 8,
+        "epochs": epochs,
     }
     why = [
         f"hidden size {hidden}: the largest whose {params / 1e6:.2f}M parameters stay within twice the "
         f"{num_chars / 1e6:.2f}M characters (char-rnn's advice) and within {device_type}'s cap of {cap}",
         f"dropout {dropout}: {ratio:.2f} parameters per character",
         f"batch {batch} x seq {seq}, learning rate {learning_rate}: sized for {device_type}",
-        "learning rate halves after 2 validations without a new best; stops after 8",
+        f"up to {epochs} epochs; the learning rate halves after 2 validations without a new best, "
+        "and the run stops after 8",
     ]
     return options, why

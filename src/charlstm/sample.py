@@ -38,6 +38,11 @@ def sample_next(
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1] and (top_p is None or top_p >= 1):
+        # Sampling among the k best directly skips masking and normalising the whole vocabulary.
+        values, indices = torch.topk(logits, top_k, dim=-1)
+        choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)
+        return indices.gather(-1, choice).squeeze(-1)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)

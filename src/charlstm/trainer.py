@@ -30,6 +30,7 @@ from .model import CharRNN, State, detach_state
 # A forward pass costs about a third of a training step; validating every
 # EVAL_COST_FACTOR x (validation windows) steps keeps validation near 10% of the time.
 EVAL_COST_FACTOR = 3.5
+MIN_EVAL_STEPS = 50
 # Under data parallelism on a GPU, ranks agree on stopping every this many steps (a sync).
 DIST_POLL_STEPS = 20
 # Adam's hyperparameters restored on resume; its implementation flags (fused, foreach)
@@ -79,8 +80,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_eval_interval(num_val_windows: int) -> int:
-    return max(1, math.ceil(EVAL_COST_FACTOR * num_val_windows))
+def default_eval_interval(num_val_windows: int, steps_per_epoch: int = 1) -> int:
+    """Validation near 10% of the time, and no more often than every `MIN_EVAL_STEPS` steps
+    (or once an epoch when epochs are shorter), so that plateau patience measures progress
+    rather than noise on a tiny validation text."""
+    floor = min(steps_per_epoch, MIN_EVAL_STEPS)
+    return max(1, floor, math.ceil(EVAL_COST_FACTOR * num_val_windows))
 
 
 def _state_tensors(state: State | None) -> list[torch.Tensor]:
@@ -117,7 +122,9 @@ class Trainer:
         )
         self.progress = Progress()
         self.state: State | None = None
-        self.eval_interval = config.eval_interval or default_eval_interval(len(val_batches))
+        self.eval_interval = config.eval_interval or default_eval_interval(
+            len(val_batches), len(train_batches)
+        )
         self.stopped_early = False
         self.converged = False
         self._clock = (time.perf_counter(), 0.0)

@@ -1,0 +1,122 @@
+"""Small helpers shared by the bench_*.py scripts (not a benchmark itself)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import lzma
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def set_threads(threads: int) -> None:
+    import torch  # imported where needed, so a parent that only starts children stays small and quick
+
+    torch.set_num_threads(threads)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far.
+
+    On Linux this is VmHWM from /proc/self/status, not getrusage's ru_maxrss: ru_maxrss survives
+    fork + exec, so a child started by a big parent reports at least the parent's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """The environment for a child process: the same thread count for OpenMP/MKL as for torch."""
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    return env
+
+
+def start_json(args: Sequence[Any], threads: int, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    """Start `python *args` (stderr passed through); `finish_json` collects the JSON it prints last."""
+    cmd = [sys.executable, *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=child_env(threads),
+                            cwd=cwd)
+
+
+def finish_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")  # type: ignore[arg-type]
+    lines = [line for line in out.splitlines() if line.strip()]
+    if not lines:
+        raise RuntimeError(f"{' '.join(map(str, proc.args))} printed nothing on stdout")  # type: ignore[arg-type]
+    return json.loads(lines[-1])
+
+
+def run_json(args: Sequence[Any], threads: int, timeout: float, cwd: Path = ROOT) -> dict[str, Any]:
+    """Run `python *args` to the end and parse the JSON object it prints last."""
+    return finish_json(start_json(args, threads, cwd), timeout)
+
+
+def spread(values: Sequence[float], digits: int = 1) -> dict[str, Any]:
+    """Median, min and max of repeated measurements, and the values themselves."""
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "runs": [round(v, digits) for v in values]}
+
+
+def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def matmul_peak_gflops(n: int = 2048, tries: int = 5) -> float:
+    """Best fp32 GFLOP/s of torch.mm(n x n, n x n) at the current thread count."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)  # warm-up
+    best = float("inf")
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def machine(threads: int) -> dict[str, Any]:
+    return {"cpu_count": os.cpu_count(), "threads": threads, "torch": importlib.metadata.version("torch"),
+            "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor() or None, "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def bundled_text_light() -> str:
+    """The bundled novel without importing charlstm (whose import loads torch, seconds on a busy box)."""
+    spec = importlib.util.find_spec("charlstm")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("charlstm is not installed in this environment")
+    corpus = Path(next(iter(spec.submodule_search_locations))) / "corpora" / "anna_karenina.txt.xz"
+    return lzma.decompress(corpus.read_bytes()).decode("utf-8")
