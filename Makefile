@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_ddp.py
 
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py
