@@ -250,3 +250,16 @@ def test_cuda_generation_is_seeded_and_stateful(model):
     with torch.no_grad():
         full, _ = model(torch.tensor([prime + ids], device="cuda"))
     assert full[0, len(prime) - 1 : -1].argmax(dim=-1).tolist() == ids
+
+
+def test_draws_follow_the_distribution_after_filtering():
+    """Sampling frequencies match the (temperature-scaled, top-k filtered) probabilities."""
+    logits = torch.log(torch.tensor([[0.05, 0.15, 0.5, 0.3]])).repeat(20000, 1)
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample_next(logits, 1.0, None, None, generator), minlength=4).float() / 20000
+    assert torch.allclose(counts, torch.tensor([0.05, 0.15, 0.5, 0.3]), atol=0.015)
+    counts = torch.bincount(sample_next(logits, 1.0, 2, None, generator), minlength=4).float() / 20000
+    assert torch.allclose(counts, torch.tensor([0.0, 0.0, 0.5 / 0.8, 0.3 / 0.8]), atol=0.015)
+    counts = torch.bincount(sample_next(logits, 0.5, None, None, generator), minlength=4).float() / 20000
+    squared = torch.tensor([0.05, 0.15, 0.5, 0.3]) ** 2
+    assert torch.allclose(counts, squared / squared.sum(), atol=0.015)

@@ -42,9 +42,9 @@ class Stepper:
             self.head_w = model.head.weight.detach().t().contiguous()
             self.head_b = model.head.bias.detach()
 
-    @torch.inference_mode()
     def step(self, ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """ids (N,) and the state after the previous character -> logits (N, V), new state."""
+        """ids (N,) and the state after the previous character -> logits (N, V), new state.
+        (The weights are detached, so no graph is recorded even outside `inference_mode`.)"""
         lstm = self.cell == "lstm"
         h_all, c_all = state if lstm else (state, None)  # type: ignore[misc]
         new_h, new_c = [], []
