@@ -96,6 +96,15 @@ def test_resume_of_a_finished_run_with_more_steps_continues_it(tmp_path, tiny_te
     assert steps == [4, 5]
 
 
+def test_resume_may_lower_the_learning_rate(tmp_path, tiny_text_file):
+    """After a divergence the advice is to resume with a lower rate: it must take effect."""
+    out = train([tiny_text_file], tmp_path / "run", **{**TINY_TRAIN_OPTIONS, "max_steps": 3})
+    rates: list[float] = []
+    callbacks = Callbacks(on_step=lambda t, _loss: rates.append(t.optimizer.param_groups[0]["lr"]))
+    train([], out, resume=True, max_steps=5, learning_rate=1e-5, callbacks=callbacks)
+    assert rates == [1e-5, 1e-5]
+
+
 def test_batch_must_divide_among_processes(tmp_path, tiny_text_file, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")

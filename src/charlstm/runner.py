@@ -53,6 +53,8 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "backend",
         "dist_timeout",
+        "learning_rate",  # to recover from a divergence; it replaces the learning rate reached
+        "grad_clip",
     }
 )
 
@@ -199,6 +201,7 @@ def train(
     out_dir, paths = Path(out_dir), list(paths)
     callbacks = callbacks or Callbacks()
     model_options, train_options = split_options(options)
+    new_learning_rate = train_options.get("learning_rate") if resume else None
     resumed = None
     if resume:
         resumed, paths, model_options, train_options = open_resume(
@@ -243,6 +246,9 @@ def train(
         _wire(trainer, corpus, out_dir, callbacks)
         if resumed:
             trainer.load_state_dict(resumed.tensors, resumed.meta)
+            if new_learning_rate is not None:
+                for group in trainer.optimizer.param_groups:
+                    group["lr"] = new_learning_rate
             if ctx.is_main:
                 MetricsLog(out_dir / "metrics.jsonl").rewrite(trainer.progress.history)
         if callbacks.on_start and ctx.is_main:

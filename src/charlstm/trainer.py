@@ -205,8 +205,8 @@ class Trainer:
         if not torch.isfinite(loss).item():
             raise CharLSTMError(
                 f"training diverged: the loss became {loss.item()} by step {self.progress.step}; "
-                "nothing from after the last good checkpoint was saved; lower --learning-rate or "
-                "--grad-clip and resume"
+                "nothing from after the last good checkpoint was saved; resume with a lower "
+                "--learning-rate or --grad-clip"
             )
 
     def _save_due(self) -> bool:
@@ -220,7 +220,7 @@ class Trainer:
             if not torch.isfinite(p).all():
                 raise CharLSTMError(
                     f"training diverged: the weights hold NaN or inf at step {self.progress.step}; "
-                    "the last good checkpoint was kept; lower --learning-rate and resume"
+                    "the last good checkpoint was kept; resume with a lower --learning-rate"
                 )
         self._last_save = time.perf_counter()
         self._saved_step = self.progress.step
