@@ -229,6 +229,16 @@ def test_default_eval_interval_rule():
     assert default_eval_interval(100, steps_per_epoch=1000) == 350
 
 
+def test_default_schedule_also_validates_early_but_an_explicit_interval_is_exact():
+    trainer = make_trainer("abcdefgh " * 2000, eval_interval=None, max_steps=20)
+    interval = trainer.eval_interval
+    assert trainer.early_evals == {interval // 4, interval // 2} - {0}
+    explicit = make_trainer("abcdefgh " * 2000, eval_interval=8, max_steps=20)
+    assert explicit.early_evals == frozenset()
+    explicit.fit()
+    assert [r["step"] for r in explicit.progress.history] == [8, 16, 20]
+
+
 def test_trainer_uses_the_default_eval_interval_unless_given():
     trainer = make_trainer("abcdefgh " * 200)
     assert trainer.eval_interval == default_eval_interval(len(trainer.val_batches), trainer.steps_per_epoch)

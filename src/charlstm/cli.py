@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class ProgressReporter:
-    """A tqdm bar (step/total, epoch, losses, chars/s, ETA) and a line per evaluation."""
+    """A tqdm bar (step/total, epoch, losses, chars/s, ETA) and a line per evaluation. When
+    stderr is not a terminal (a log file, a pipe) only the lines are written."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -144,10 +145,12 @@ class ProgressReporter:
         if self.quiet:
             return
         print("\n".join(lines), file=sys.stderr)
-        from tqdm import tqdm
-
         if summary["resumed"]:
             print(f"resuming at step {summary['start_step']}", file=sys.stderr)
+        if not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+
         self.bar = tqdm(
             total=summary["total_steps"],
             initial=summary["start_step"],
@@ -174,8 +177,11 @@ class ProgressReporter:
 
     def on_eval(self, trainer: Trainer, record: dict[str, float], is_best: bool) -> None:
         self.val = f"{record['val_loss']:.3f}"
+        line = format_record(record) + ("  *best" if is_best else "")
         if self.bar is not None:
-            self.bar.write(format_record(record) + ("  *best" if is_best else ""), file=sys.stderr)
+            self.bar.write(line, file=sys.stderr)
+        elif not self.quiet:
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

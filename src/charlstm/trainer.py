@@ -125,6 +125,11 @@ class Trainer:
         self.eval_interval = config.eval_interval or default_eval_interval(
             len(val_batches), len(train_batches)
         )
+        # The default schedule also validates a quarter and half-way into the first interval,
+        # so a run shows where it is heading within its first minute; an explicit
+        # --eval-interval means exactly that interval.
+        early = {self.eval_interval // 4, self.eval_interval // 2} - {0}
+        self.early_evals = frozenset(early) if config.eval_interval is None else frozenset()
         self.stopped_early = False
         self.converged = False
         self._clock = (time.perf_counter(), 0.0)
@@ -256,7 +261,7 @@ class Trainer:
             pending.add(loss)
             if self.hooks.on_step:
                 self.hooks.on_step(self, loss)
-            if progress.step % self.eval_interval == 0:
+            if progress.step % self.eval_interval == 0 or progress.step in self.early_evals:
                 self._record(pending)
                 self._save()
             elif self._save_due():
