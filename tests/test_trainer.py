@@ -36,12 +36,12 @@ def make_trainer(
     train_ids, val_ids = split_train_val(encode_corpus(text, vocab), config.val_frac)
     model = make_model(
         len(vocab), cell, seed=config.seed, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout
-    )
+    ).to(config.device)
     return Trainer(
         model,
         config,
-        StreamBatches(train_ids, config.batch_size, config.seq_len),
-        validation_batches(val_ids, config.batch_size, config.seq_len, "cpu"),
+        StreamBatches(train_ids, config.batch_size, config.seq_len, config.device),
+        validation_batches(val_ids, config.batch_size, config.seq_len, config.device),
         hooks,
     )
 
@@ -278,8 +278,9 @@ def test_pick_device():
 
 @pytest.mark.gpu
 def test_tiny_model_overfits_on_cuda():
-    text = "hello world " * 200
-    config = TrainConfig(
+    trainer = make_trainer(
+        "hello world " * 200,
+        hidden_size=64,
         batch_size=8,
         seq_len=16,
         learning_rate=0.01,
@@ -287,15 +288,6 @@ def test_tiny_model_overfits_on_cuda():
         epochs=1000,
         eval_interval=50,
         device="cuda",
-    )
-    vocab = Vocab.from_text(text)
-    train_ids, val_ids = split_train_val(encode_corpus(text, vocab), config.val_frac)
-    model = make_model(len(vocab), hidden_size=64, num_layers=1).to("cuda")
-    trainer = Trainer(
-        model,
-        config,
-        StreamBatches(train_ids, 8, 16, "cuda"),
-        validation_batches(val_ids, 8, 16, "cuda"),
     )
     progress = trainer.fit()
     assert progress.step == 100
