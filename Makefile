@@ -13,7 +13,7 @@ $(BIN)/charlstm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev,plot]"
+	$(BIN)/pip install --quiet -e ".[dev,plot,serve,export]"
 	touch $@
 
 install: $(BIN)/charlstm

@@ -7,7 +7,11 @@ busy machine several threads per process slow each step down by an order of magn
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -93,3 +97,31 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text_file = root / "tiny.txt"
     text_file.write_text(TINY_TEXT, encoding="utf-8")
     return charlstm.train([text_file], root / "run", **TINY_TRAIN_OPTIONS)
+
+
+@dataclass
+class BrowserPage:
+    """A headless Chromium page and the console errors and uncaught exceptions it has seen."""
+
+    page: Any
+    errors: list[str]
+
+
+@pytest.fixture
+def browser_page() -> Iterator[BrowserPage]:
+    """A page in Debian's Chromium driven by Playwright (whose own browser download needs a network
+    this project's machines lack); skips with the reason where either is missing."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium installed (apt-get install chromium); .ci/run installs it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            errors: list[str] = []
+            page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield BrowserPage(page, errors)
+        finally:
+            browser.close()
