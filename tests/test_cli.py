@@ -270,8 +270,9 @@ def undocumented(doc: str) -> list[str]:
     sections = doc_sections(doc)
     assert set(sections) == {"", *commands}
     missing = []
+    global_flags = flags_of(parser)
     for name, command in [("", parser), *commands.items()]:
-        flags = flags_of(command)
+        flags = flags_of(command) - (global_flags if name else set())  # documented once, under Global
         assert flags, name
         for flag in sorted(flags):
             if not re.search(rf"`{re.escape(flag)}(?![\w-])", sections[name]):
