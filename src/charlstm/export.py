@@ -49,7 +49,9 @@ def state_names(cell: str) -> list[str]:
     return ["h", "c"] if cell == "lstm" else ["h"]
 
 
-def export_onnx(model_or_checkpoint: CharModel | str | Path, path: str | Path, overwrite: bool = False) -> Path:
+def export_onnx(
+    model_or_checkpoint: CharModel | str | Path, path: str | Path, overwrite: bool = False
+) -> Path:
     """Write one step of the model to `path` (ONNX) and `vocab.json` beside it; returns `path`.
 
     `model_or_checkpoint` is a loaded `CharModel`, or a checkpoint or run folder. An existing
@@ -137,7 +139,9 @@ class _GraphBuilder:
 
     def op(self, kind: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs: Any) -> Any:
         self.count += 1
-        names = [name] if name and outputs == 1 else [f"{kind.lower()}_{self.count}_{i}" for i in range(outputs)]
+        names = [f"{kind.lower()}_{self.count}_{i}" for i in range(outputs)]
+        if name is not None:
+            names = [name]
         self.nodes.append(self.onnx.helper.make_node(kind, list(inputs), names, **attrs))
         return names[0] if outputs == 1 else names
 
