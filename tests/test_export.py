@@ -22,6 +22,7 @@ from charlstm.vocab import Vocab
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed")
 pytest.importorskip("onnx", reason="the export extra is not installed")
 
+from charlstm import export  # noqa: E402
 from charlstm.export import VOCAB_FILE, export_onnx  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "export.md"
@@ -251,3 +252,24 @@ def test_a_saved_checkpoint_exports_like_the_model_it_came_from(tmp_path):
     from_model = export_onnx(model, tmp_path / "a" / "model.onnx")
     from_checkpoint = export_onnx(checkpoint, tmp_path / "b" / "model.onnx")
     assert from_model.read_bytes() == from_checkpoint.read_bytes()
+
+
+def test_a_failed_write_leaves_the_old_files_and_no_new_ones(tmp_path, monkeypatch):
+    old = export_onnx(tiny_char_model("lstm"), tmp_path / "model.onnx")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    opened = []
+
+    def open_then_fail(file, mode="r", *args, **kwargs):  # the .onnx is staged, vocab.json cannot be
+        opened.append(file)
+        if len(opened) == 2:
+            raise OSError(28, "No space left on device", str(file))
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(export, "open", open_then_fail, raising=False)
+    with pytest.raises(CharLSTMError, match=r"could not write the export \(No space left"):
+        export_onnx(tiny_char_model("gru"), old, overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    opened.clear()
+    with pytest.raises(CharLSTMError, match="could not write"):
+        export_onnx(tiny_char_model("gru"), tmp_path / "new" / "model.onnx")
+    assert list((tmp_path / "new").iterdir()) == []

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ def export_onnx(
     if path.is_dir():
         raise CharLSTMError(f"{path}: is a folder; give the .onnx file to write, e.g. {path / 'model.onnx'}")
     if path.exists() and not overwrite:
-        raise CharLSTMError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+        raise CharLSTMError(f"{path}: exists; pass --overwrite to replace it")
     model = model_or_checkpoint if isinstance(model_or_checkpoint, CharModel) else load(model_or_checkpoint)
     facts = model_facts(model)
     facts_json = json.dumps(facts, ensure_ascii=False, indent=2)
@@ -81,9 +80,11 @@ def export_onnx(
     )
     onnx.helper.set_model_props(proto, {METADATA_KEY: facts_json})
     onnx.checker.check_model(proto)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, proto.SerializeToString())
-    _write_atomically(vocab_path, facts_json.encode("utf-8"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CharLSTMError(f"{path.parent}: cannot create the folder ({exc.strerror or exc})") from None
+    _write_files_atomically({path: proto.SerializeToString(), vocab_path: facts_json.encode("utf-8")})
     return path
 
 
@@ -111,17 +112,24 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write_files_atomically(files: dict[Path, bytes]) -> None:
+    """Stage every file beside its target, then rename them all: a failure while writing (a full
+    disk, a read-only folder) leaves none of them, and the old files stay as they were."""
+    staged = {path: path.with_name(f".{path.name}.{os.getpid()}.tmp") for path in files}
     try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, content in files.items():
+            with open(staged[path], "wb") as file:
+                file.write(content)
+                file.flush()
+                os.fsync(file.fileno())
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+    except OSError as exc:
+        where = exc.filename or next(iter(files))
+        raise CharLSTMError(f"{where}: could not write the export ({exc.strerror or exc})") from None
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
 class _GraphBuilder:
