@@ -67,9 +67,9 @@ def export_onnx(
     facts = model_facts(model)
     facts_json = json.dumps(facts, ensure_ascii=False, indent=2)
     vocab_path = path.parent / VOCAB_FILE
-    if vocab_path.exists() and not overwrite and vocab_path.read_text(encoding="utf-8") != facts_json:
+    if vocab_path.exists() and not overwrite and _read_bytes(vocab_path) != facts_json.encode("utf-8"):
         raise CharLSTMError(
-            f"{vocab_path}: exists and belongs to another model; pass --overwrite or export to another folder"
+            f"{vocab_path}: exists and describes another model; pass --overwrite or export to another folder"
         )
     graph = build_graph(model)
     proto = onnx.helper.make_model(
@@ -79,6 +79,8 @@ def export_onnx(
         ir_version=IR_VERSION,
     )
     onnx.helper.set_model_props(proto, {METADATA_KEY: facts_json})
+    if proto.ByteSize() >= 2**31:  # protobuf's limit; past it ONNX needs external data files
+        raise CharLSTMError(f"the model is {proto.ByteSize():,} bytes, over ONNX's 2 GB limit for one file")
     onnx.checker.check_model(proto)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +104,13 @@ def model_facts(model: CharModel) -> dict[str, Any]:
         "state_shape": ["num_layers", "batch", "hidden_size"],
         "training": model.training,
     }
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _import_onnx() -> Any:
