@@ -222,7 +222,7 @@ def build_graph(model: CharModel) -> Any:
                 h = g.op("Mul", o, g.op("Tanh", c))
                 new_c.append(g.op("Unsqueeze", c, "axis_0"))
             else:
-                h = g.op("Tanh", gates)
+                h = g.op("Tanh", gates)  # nn.RNN's default nonlinearity, the one CharRNN builds
         new_h.append(g.op("Unsqueeze", h, "axis_0"))
         x = h
     g.const("axis_0", np.array([0], dtype=np.int64))
