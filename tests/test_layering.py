@@ -27,6 +27,7 @@ ORDER = [
     "metrics",
     "runner",
     "api",
+    "export",
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}

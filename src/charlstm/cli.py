@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="describe a checkpoint")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = commands.add_parser("export", help="write one step of a model as ONNX (needs charlstm[export])")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder, or a run folder (its best)")
+    p.add_argument("--format", default="onnx", help="export format (default: onnx, the only one so far)")
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="file to write, e.g. model.onnx")
+    p.add_argument("--overwrite", action="store_true", help="replace PATH (and vocab.json beside it)")
     for subparser in commands.choices.values():
         add_common_flags(subparser)
     return parser
@@ -354,7 +360,22 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "info": run_info}
+def run_export(args: argparse.Namespace) -> int:
+    from .export import VOCAB_FILE, check_format, export_onnx  # lazy: onnx is an optional extra
+
+    check_format(args.format)
+    path = export_onnx(args.checkpoint, args.output, overwrite=args.overwrite)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes) and {path.parent / VOCAB_FILE}; see docs/export.md")
+    return 0
+
+
+COMMANDS = {
+    "train": run_train,
+    "sample": run_sample,
+    "eval": run_eval,
+    "info": run_info,
+    "export": run_export,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
