@@ -219,6 +219,10 @@ def train(
         else:
             val_frac = train_options.get("val_frac", 0.1)
             chosen, notes = preset_options(preset, len(corpus.ids), len(corpus.vocab), device.type, val_frac)
+            overridden = sorted(set(chosen) & (set(model_options) | set(train_options)))
+            if overridden:
+                given_flags = ", ".join(f"--{k.replace('_', '-')}" for k in overridden)
+                notes.append(f"given options win over the preset's: {given_flags}")
             model_options = {**{k: v for k, v in chosen.items() if k in MODEL_OPTIONS}, **model_options}
             train_options = {**{k: v for k, v in chosen.items() if k in TRAIN_OPTIONS}, **train_options}
         config = TrainConfig.from_dict(train_options)
