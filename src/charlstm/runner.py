@@ -42,6 +42,7 @@ from .presets import PRESETS, preset_options
 from .runstate import capture, restore
 from .sample import default_prime, generate_texts
 from .trainer import Hooks, Trainer, pick_device
+from .vocab import describe_chars
 
 MODEL_OPTIONS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
 TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
@@ -199,6 +200,11 @@ def train(
         raise CharLSTMError(f"--preset must be one of {', '.join(PRESETS)}, not {preset!r}")
     else:
         check_out_dir(out_dir, overwrite)  # before the corpus is read: that can take minutes
+    if not resumed and train_options.get("val_file"):  # absolute, so eval and resume work from anywhere
+        val_file = Path(train_options["val_file"])
+        if not val_file.is_file():
+            raise CharLSTMError(f"{val_file}: no such file for --val-file")
+        train_options["val_file"] = str(val_file.resolve())
     # Options given are checked before anything is read or written (the preset fills the rest).
     given = TrainConfig.from_dict(train_options)
     ModelConfig(vocab_size=2, **model_options)
@@ -232,7 +238,7 @@ def train(
         trainer = _build_trainer(corpus, config, model_config, device, ctx)
         if not resumed and ctx.is_main:
             prepare_out_dir(out_dir, overwrite)
-        trainer.hooks = RunFolder(out_dir, corpus, trainer, hooks if ctx.is_main else Hooks())
+        trainer.hooks = RunFolder(out_dir, corpus, trainer, hooks)
         if resumed:
             last = out_dir / "last"
             trainer.model.load_state_dict(load_checkpoint(last, device).model.state_dict())
@@ -274,6 +280,12 @@ def _build_trainer(
     if config.val_file:
         train_ids = corpus.ids
         val_text = read_text_file(Path(config.val_file), corpus.encoding)
+        unknown = corpus.vocab.unknown(val_text)
+        if unknown:
+            raise CharLSTMError(
+                f"{config.val_file}: --val-file has characters the training text lacks: "
+                f"{describe_chars(unknown)}; validate on text written in the same characters"
+            )
         val_ids = encode_corpus(val_text, corpus.vocab)
     else:
         train_ids, val_ids = split_train_val(corpus.ids, config.val_frac)
@@ -311,7 +323,8 @@ def _check_work_left(trainer: Trainer, out_dir: Path) -> None:
 
 
 class RunFolder(Hooks):
-    """Writes the run folder (rank 0 only) and forwards every event to the caller's hooks."""
+    """Writes the run folder and forwards progress to the caller's hooks, on rank 0 only; every
+    rank asks the caller whether to stop (a signal reaches each process under torchrun)."""
 
     def __init__(self, out_dir: Path, corpus: Corpus, trainer: Trainer, caller: Hooks) -> None:
         self.out_dir, self.corpus, self.caller = out_dir, corpus, caller
@@ -336,7 +349,8 @@ class RunFolder(Hooks):
         }
 
     def on_step(self, trainer: Trainer, loss: torch.Tensor) -> None:
-        self.caller.on_step(trainer, loss)
+        if self.is_main:
+            self.caller.on_step(trainer, loss)
 
     def on_eval(self, trainer: Trainer, record: dict[str, Any], is_best: bool) -> None:
         if not self.is_main:
