@@ -18,6 +18,7 @@ import torch
 
 from . import __version__
 from .api import load, train
+from .checkpoint import resolve_checkpoint
 from .config import DEVICES, ModelConfig, TrainConfig
 from .data import read_corpus
 from .distributed import context_from_env
@@ -27,6 +28,7 @@ from .presets import AUTO_CHOSEN, PRESETS
 from .trainer import Hooks, Trainer
 
 PROGRESS_REFRESH_S = 1.0
+CKPT_HELP = "checkpoint folder, or a run folder (its best/); none: the bundled pretrained model"
 
 
 def _flag(name: str) -> str:
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, TrainConfig, "training")
 
     p = commands.add_parser("sample", help="generate text from a checkpoint")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder, or a run folder (its best)")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
     p.add_argument("--prime", default=None, help="text to start from (default: a line break)")
     p.add_argument("--length", type=int, default=500, help="characters to generate (default: 500)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default: 1.0)")
@@ -118,12 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default: cpu)")
 
     p = commands.add_parser("eval", help="score a text: loss, bits per character, perplexity")
-    p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument(
         "paths",
         nargs="*",
-        metavar="PATH",
-        help="text files or folders, - for standard input (none: the run's own validation text)",
+        metavar="[CKPT] PATH",
+        help=f"CKPT: {CKPT_HELP}; then text files or folders, - for standard input (none: the run's "
+        "own validation text)",
     )
     p.add_argument(
         "--split", choices=("val",), default=None, help="score the run's held-out validation text"
@@ -133,11 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("info", help="describe a checkpoint")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("export", help="write one step of a model as ONNX (needs charlstm[export])")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder, or a run folder (its best)")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
     p.add_argument("--format", default="onnx", help="export format (default: onnx, the only one so far)")
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="file to write, e.g. model.onnx")
     p.add_argument("--overwrite", action="store_true", help="replace PATH (and vocab.json beside it)")
@@ -317,14 +319,27 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def split_checkpoint(paths: list[str]) -> tuple[str | None, list[str]]:
+    """`[CKPT] PATH ...`: the first path names the model when it is a checkpoint or run folder;
+    otherwise every path is a text and the model is the bundled one."""
+    if paths and paths[0] != "-":
+        try:
+            resolve_checkpoint(paths[0])
+            return paths[0], paths[1:]
+        except CharLSTMError:
+            pass
+    return None, paths
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    if args.split and args.paths:
+    checkpoint, paths = split_checkpoint(args.paths)
+    if args.split and paths:
         raise CharLSTMError("give either --split val or texts to score, not both")
-    model = load(args.checkpoint, args.device)
-    if args.paths == ["-"]:
+    model = load(checkpoint, args.device)
+    if paths == ["-"]:
         text = sys.stdin.read()
-    elif args.paths:
-        text, _ = read_corpus(args.paths, args.encoding)
+    elif paths:
+        text, _ = read_corpus(paths, args.encoding)
     else:
         text = None  # the run's own held-out validation text
     result = model.evaluate(text)
