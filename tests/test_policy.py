@@ -175,3 +175,57 @@ def test_a_step_with_nothing_to_poll_makes_no_collective():
     policy = make_policy(dist_context=context, device="cuda", eval_interval=1000)
     assert policy.decide(3, LOSS, False) == Decision()
     assert context.calls == [], "all ranks skip the same steps, so none waits for the others"
+
+
+# Each of two gloo processes decides with its own clock (rank 0's runs faster), a signal that
+# only rank 0 receives and a loss that is NaN on rank 1 only; both must take the same decisions.
+TWO_CLOCKS = """
+import json, sys
+import torch
+from charlstm.config import TrainConfig
+from charlstm.distributed import setup, teardown
+from charlstm.policy import Policy
+
+ctx = setup("gloo", "cpu", 60.0)
+now = [0.0]
+config = TrainConfig(checkpoint_seconds=1.0, max_time=100.0)
+policy = Policy(config, 1000, 1000, torch.device("cpu"), ctx, lambda: now[0])
+decisions = []
+for step in range(1, 9):
+    now[0] += 0.3 if ctx.rank == 0 else 0.2
+    loss = torch.tensor(float("nan") if ctx.rank == 1 and step == 7 else 1.0)
+    decision = policy.decide(step, loss, stop_requested=ctx.rank == 0 and step == 5)
+    if decision.save:
+        policy.saved()
+    decisions.append([step, decision.save, decision.stop, decision.non_finite])
+with open(sys.argv[1] + f".{ctx.rank}", "w") as f:
+    json.dump(decisions, f)
+teardown(ctx)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_with_different_clocks_take_the_same_decisions(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "two_clocks.py"
+    script.write_text(TWO_CLOCKS, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*launch, str(script), str(tmp_path / "decisions")],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"decisions.{r}").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    saves = [step for step, save, _, _ in ranks[0] if save]
+    assert saves[0] == 4, "rank 0's clock reached 1 s first: both save at its step"
+    assert [step for step, _, stop, _ in ranks[0] if stop] == [5]
+    assert [step for step, _, _, non_finite in ranks[0] if non_finite] == [7]
