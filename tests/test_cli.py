@@ -400,3 +400,14 @@ def test_progress_counts_the_characters_of_every_process():
     )
     reporter.on_step(trainer, torch.tensor(1.0))
     assert f"{10 * 8 * 16:,} chars/s" in reporter.bar.postfix
+
+
+def test_resuming_a_run_with_nothing_left_to_do_is_one_line_and_exit_1(tmp_path, tiny_text_file, capsys):
+    out = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--max-steps", "100000", "--eval-interval", "100000", "--max-time", "0.3"]
+    assert main(["train", str(tiny_text_file), "--out", str(out), *flags]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 1
+    assert "--max-time" in one_error_line(capsys, stdout="")
+    assert main(["train", "--resume", str(out), "--quiet", "--max-time", "0.5"]) == 0
+    assert "saved" in capsys.readouterr().out
