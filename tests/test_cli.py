@@ -402,6 +402,7 @@ def test_progress_counts_the_characters_of_every_process():
     assert f"{10 * 8 * 16:,} chars/s" in reporter.bar.postfix
 
 
+@pytest.mark.slow
 def test_resuming_a_run_with_nothing_left_to_do_is_one_line_and_exit_1(tmp_path, tiny_text_file, capsys):
     out = tmp_path / "run"
     flags = [*TINY_FLAGS, "--max-steps", "100000", "--eval-interval", "100000", "--max-time", "0.3"]
