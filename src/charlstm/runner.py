@@ -142,9 +142,22 @@ def open_resume(
     return config, sources, model_options, {**saved_train, **train_options}
 
 
+MEMMAP_BYTES_ENV = "CHARLSTM_MEMMAP_BYTES"
+
+
 def memmap_threshold() -> int:
     """Bytes of text above which the encoded ids live in a memory-mapped file: a quarter of
-    this machine's memory (1 GiB where that cannot be read)."""
+    this machine's memory (1 GiB where that cannot be read). The environment variable
+    CHARLSTM_MEMMAP_BYTES, when set to a whole number, replaces it (tests lower it so that
+    processes started by torchrun take the memory-mapped path on a small text)."""
+    override = os.environ.get(MEMMAP_BYTES_ENV)
+    if override is not None:
+        try:
+            return int(override)
+        except ValueError:
+            raise CharLSTMError(
+                f"{MEMMAP_BYTES_ENV} must be a whole number of bytes, not {override!r}"
+            ) from None
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     except (AttributeError, ValueError, OSError):
