@@ -316,7 +316,7 @@ def test_validation_uses_the_val_file(tmp_path, tiny_text_file):
 def test_unknown_characters_in_the_val_file_are_a_clear_error(tmp_path, tiny_text_file):
     val = tmp_path / "val.txt"
     val.write_text("Ωmega " * 100, encoding="utf-8")
-    with pytest.raises(CharLSTMError, match="never saw"):
+    with pytest.raises(CharLSTMError, match="training text lacks"):
         _run_once(tmp_path, tiny_text_file, val_file=str(val))
 
 

@@ -253,10 +253,10 @@ def _check_weights_header(weights_path: Path, model_config: ModelConfig) -> None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CharLSTMError(f"{weights_path}: not a valid safetensors file ({exc})") from None
     if set(found) != set(expected):
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
+        missing = _some(sorted(set(expected) - set(found)))
+        extra = _some(sorted(set(found) - set(expected)))
         raise CharLSTMError(
-            f"{weights_path}: tensors do not match {CONFIG_FILE} (missing {missing}, unexpected {extra})"
+            f"{weights_path}: tensors do not match {CONFIG_FILE} (missing {missing}; unexpected {extra})"
         )
     for name, (shape, dtype) in found.items():
         want = tuple(expected[name].shape)
@@ -265,6 +265,11 @@ def _check_weights_header(weights_path: Path, model_config: ModelConfig) -> None
                 f"{weights_path}: {name} is {shape} {dtype}, but {CONFIG_FILE} implies {want} "
                 f"in one of {', '.join(STORED_FLOATS)}"
             )
+
+
+def _some(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit]) or "none"
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
 def load_checkpoint(path: str | Path | None, device: torch.device | str = "cpu") -> Checkpoint:

@@ -256,6 +256,9 @@ def train(
             last = out_dir / "last"
             trainer.model.load_state_dict(load_checkpoint(last, device).model.state_dict())
             restore(trainer, *load_trainer_state(last), where=str(last))
+            progress, patience = trainer.progress, config.stop_patience
+            # a larger --stop-patience revives an early-stopped run
+            progress.converged = bool(patience) and progress.evals_since_best >= patience
             _check_work_left(trainer, out_dir)
             if options.get("learning_rate") is not None:  # replaces the rate the run had reached
                 for group in trainer.optimizer.param_groups:
@@ -388,6 +391,7 @@ class RunFolder(Hooks):
     def on_save(self, trainer: Trainer) -> None:
         state = capture(trainer)  # collective: every rank takes part
         if self.is_main:
+            self.caller.on_save(trainer)
             facts = self.facts(trainer)
             save_checkpoint(self.out_dir / "last", trainer.model, self.corpus.vocab, facts, state)
 
