@@ -26,6 +26,7 @@ from .errors import CharLSTMError
 from .metrics import format_record
 from .presets import AUTO_CHOSEN, PRESETS
 from .trainer import Hooks, Trainer
+from .vocab import describe_chars
 
 PROGRESS_REFRESH_S = 1.0
 CKPT_HELP = "checkpoint folder, or a run folder (its best/); none: the bundled pretrained model"
@@ -103,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="DIR", default=None, help="continue the run in DIR exactly where DIR/last stopped"
     )
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        default=None,
+        help="fine-tune: a new run starting from this checkpoint's (or run's) weights and architecture",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
     add_config_flags(p, ModelConfig, "model", skip=("vocab_size",))
     add_config_flags(p, TrainConfig, "training")
@@ -173,6 +180,12 @@ class ProgressReporter(Hooks):
             f"{summary['total_steps']} steps, validation every {summary['eval_interval']} steps",
         ]
         lines += [f"chosen: {why}" for why in summary.get("chosen", [])]
+        if "init_from" in summary:
+            start, added = summary["init_from"], summary["init_from"]["added"]
+            lines.append(
+                f"init from: {start['path']} (weights sha256 {start['sha256'][:12]}...); "
+                + (f"{len(added)} new characters: {describe_chars(added)}" if added else "no new characters")
+            )
         self.world_size = summary["world_size"]
         if self.quiet:
             return
@@ -266,6 +279,7 @@ def run_train(args: argparse.Namespace) -> int:
                 resume=args.resume is not None,
                 preset=args.preset,
                 hooks=reporter,
+                init_from=args.init_from,
                 **options,
             )
         finally:
