@@ -114,12 +114,12 @@ def open_init_from(path: str | Path) -> InitFrom:
     """Load the checkpoint (or run folder: its best, else its last) a fine-tuning run starts from;
     anything that is not a readable charlstm checkpoint is one CharLSTMError line."""
     folder = resolve_checkpoint(path)
+    checkpoint = load_checkpoint(folder, "cpu")  # checks the config and the weights' header first
     weights = folder / WEIGHTS_FILE
     try:
         sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
     except OSError as exc:
         raise CharLSTMError(f"--init-from {weights}: cannot read ({exc.strerror or exc})") from None
-    checkpoint = load_checkpoint(folder, "cpu")
     return InitFrom(folder, sha256, checkpoint.model.float(), checkpoint.vocab)
 
 

@@ -207,7 +207,7 @@ def train(
     """
     out_dir, paths, hooks = Path(out_dir), list(paths), hooks or Hooks()
     model_options, train_options = split_options(options)
-    start, given = None, set(train_options)
+    start, given_train = None, set(train_options)
     if init_from is not None:
         if resume:
             raise CharLSTMError("--init-from starts a new run, --resume continues one: give only one")
@@ -259,7 +259,7 @@ def train(
             train_options = {**{k: v for k, v in chosen.items() if k in TRAIN_OPTIONS}, **train_options}
             if start:
                 corpus = reencode(corpus, union_vocab(start.vocab, corpus.vocab))
-                notes = start.notes(chosen, given, preset)
+                notes = start.notes(chosen, given_train, preset)
         config = TrainConfig.from_dict(train_options)
         model_config = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
         if config.precision == "bf16" and device.type != "cuda":
