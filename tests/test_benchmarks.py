@@ -92,3 +92,25 @@ def test_bench_quality_quick(tmp_path: Path):
         assert entry["curve"] and {"step", "elapsed_s", "val_loss"} <= entry["curve"][0].keys()
         assert set(entry["val_loss_at_minutes"]) == {"1", "2", "5", "10", "20", "30"}
         assert {"time_to_val_2_0_s", "best_val_loss", "summary"} <= entry.keys()
+
+
+@pytest.mark.slow
+def test_finetune_curve_quick(tmp_path: Path, tiny_checkpoint: Path):
+    out_json, plot, doc = tmp_path / "f.json", tmp_path / "f.png", tmp_path / "finetune.md"
+    real_doc = BENCHMARKS.parent / "docs" / "finetune.md"
+    doc.write_text(real_doc.read_text(encoding="utf-8"), encoding="utf-8")
+    files = ["--out-json", str(out_json), "--plot-out", str(plot), "--doc", str(doc)]
+    result = run_quick("finetune_curve.py", str(tiny_checkpoint), *files)
+    assert json.loads(out_json.read_text(encoding="utf-8")) == result
+    assert plot.stat().st_size > 0
+    assert set(result["texts"]) == {"english", "new_characters"}
+    for entry in result["texts"].values():
+        assert set(entry["runs"]) == {"scratch", "finetune", "finetune_full_rate"}
+        for run in entry["runs"].values():
+            assert run["curve"] and {"step", "elapsed_s", "val_loss"} <= run["curve"][0].keys()
+    tuned = result["texts"]["new_characters"]["runs"]["finetune"]
+    assert tuned["model"] == "2 x 32 LSTM"  # the base's architecture, not auto's
+    assert {"“", "ﬁ"} <= set(result["texts"]["new_characters"]["added"])
+    written = doc.read_text(encoding="utf-8")
+    assert "Not measured yet" not in written and "| new characters | fine-tuned (default rate) |" in written
+    assert written.endswith(real_doc.read_text(encoding="utf-8").split("<!-- finetune:end -->")[1])
