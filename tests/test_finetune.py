@@ -252,10 +252,12 @@ def test_init_from_something_that_is_not_a_checkpoint(tmp_path, new_text, capsys
     assert not out.exists()
 
 
-def test_the_cli_prints_the_added_characters(tmp_path, base_run, new_text, capsys):
+def test_the_cli_prints_the_added_characters_and_info_the_start(tmp_path, base_run, new_text, capsys):
     args = ["train", str(new_text), "--init-from", str(base_run), "--out", str(tmp_path / "ft")]
     args += ["--max-steps", "1", "--batch-size", "4", "--seq-len", "16", "--device", "cpu"]
     code, err = run_cli(args, capsys)
     assert code == 0, err
     line = next(line for line in err.splitlines() if line.startswith("init from:"))
     assert "new characters" in line and all(repr(c) in line for c in NEW_CHARS)
+    assert main(["info", str(tmp_path / "ft")]) == 0
+    assert f"fine-tuned from: {(base_run / 'best').resolve()} (weights sha256 " in capsys.readouterr().out

@@ -386,6 +386,9 @@ def run_info(args: argparse.Namespace) -> int:
             f"{training.get('elapsed_s')}s on {training.get('device')}; best val loss "
             f"{training.get('best_val_loss')} nats/char; data: {', '.join(training.get('data', []))}"
         )
+    start = training.get("init_from")
+    if start:
+        print(f"fine-tuned from: {start['path']} (weights sha256 {start['sha256']})")
     return 0
 
 
