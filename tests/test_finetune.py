@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from charlstm import load, train
 from charlstm.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from charlstm.cli import main
+from charlstm.config import ModelConfig
 from charlstm.data import Corpus, encode_corpus
 from charlstm.errors import CharLSTMError
-from charlstm.finetune import InitFrom, reencode, union_vocab, widen_state, widened_config
+from charlstm.finetune import InitFrom, reencode, union_vocab, widen_state
 from charlstm.model import CharRNN
 from charlstm.vocab import Vocab
 
@@ -49,7 +50,7 @@ def new_text(tmp_path: Path) -> Path:
 
 def widened(model: CharRNN, old: Vocab, new: Vocab, seed: int = 0) -> CharRNN:
     start = InitFrom(Path("ckpt"), "", model, old)
-    bigger = CharRNN(widened_config(start, new, model.config.dropout))
+    bigger = CharRNN(ModelConfig(vocab_size=len(new), dropout=model.config.dropout, **start.architecture))
     bigger.load_state_dict(widen_state(model, old, new, seed))
     return bigger.eval()
 

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from .checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_checkpoint
-from .config import ModelConfig
 from .data import Corpus, ids_dtype
 from .errors import CharLSTMError
 from .model import CharRNN
@@ -135,13 +134,14 @@ def reencode(corpus: Corpus, vocab: Vocab) -> Corpus:
     missing = [c for c in corpus.vocab.chars if c not in vocab]
     if missing:
         raise CharLSTMError(f"the text has characters the run does not know: {describe_chars(missing)}")
+    # Mapped into memory whole: texts fine-tuned on are small (a memory-mapped corpus is read here).
     table = np.array([vocab.index[c] for c in corpus.vocab.chars], dtype=ids_dtype(len(vocab)))
     return replace(corpus, vocab=vocab, ids=table[np.asarray(corpus.ids)])
 
 
 def _fresh_rows(old: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """`count` rows drawn per column from a normal with the old rows' mean and spread."""
-    std, mean = torch.std_mean(old, dim=0) if len(old) > 1 else (torch.zeros_like(old[0]), old[0])
+    std, mean = torch.std_mean(old, dim=0)  # a vocabulary has at least 2 characters
     noise = torch.randn((count, old.shape[1]), generator=generator, dtype=old.dtype)
     return mean + std * noise
 
@@ -174,7 +174,3 @@ def widen_state(model: CharRNN, old: Vocab, vocab: Vocab, seed: int) -> dict[str
     state["head.bias"] = _by_char(bias[:, None], bias.min().expand(count, 1), old, vocab)[:, 0]
     return {k: v.contiguous() for k, v in state.items()}
 
-
-def widened_config(start: InitFrom, vocab: Vocab, dropout: float) -> ModelConfig:
-    """The ModelConfig of the fine-tuned model (for tests and tools: the runner builds its own)."""
-    return ModelConfig(vocab_size=len(vocab), dropout=dropout, **start.architecture)
