@@ -10,8 +10,11 @@ with --threads threads on the CPU, all other options at their defaults (`--prese
 - fine-tune: `charlstm train TEXT --init-from BASE` (its default learning rate, a third of auto's);
 - fine-tune, full rate: the same with auto's learning rate for the base's size (why a third).
 
-Every run validates on the text's last 10%. Writes --out-json, the plot --plot-out, and the table
-between the markers in --doc (docs/finetune.md); prints the JSON on one line.
+Every run validates on the text's last 10%. Forgetting: each fine-tuned model's best checkpoint
+is also scored on the first --forget-chars characters of the base's own held-out text (for the
+bundled model, the novel's last 10%), beside the base's own score there. Writes --out-json, the
+plot --plot-out, and the table between the markers in --doc (docs/finetune.md); prints the JSON on
+one line.
 
     python benchmarks/finetune_curve.py src/charlstm/pretrained --max-time 120
     python benchmarks/finetune_curve.py BASE --quick   # smoke test: short texts, a few seconds a run
@@ -69,9 +72,12 @@ def texts(args: argparse.Namespace, work: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
-def train_once(text: Path, out: Path, args: argparse.Namespace, **options: Any) -> dict[str, Any]:
-    """One run; its curve (elapsed_s, val_loss) from metrics.jsonl and what it trained."""
-    from charlstm import train
+def train_once(
+    text: Path, out: Path, args: argparse.Namespace, reference: str | None, **options: Any
+) -> dict[str, Any]:
+    """One run; its curve (elapsed_s, val_loss) from metrics.jsonl, what it trained, and for a
+    fine-tuned run its loss on the base's held-out text `reference`."""
+    from charlstm import load, train
     from charlstm.metrics import MetricsLog
     from charlstm.trainer import Hooks
 
@@ -99,19 +105,30 @@ def train_once(text: Path, out: Path, args: argparse.Namespace, **options: Any) 
         "steps": curve[-1]["step"] if curve else 0,
         "best_val_loss": min(p["val_loss"] for p in curve) if curve else None,
         "best_val_loss_by_fraction_of_time": at,
+        "base_text_loss": round(load(out).evaluate(reference)["loss"], 4) if reference and options else None,
         "curve": curve,
     }
 
 
 def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from charlstm import load
+    from charlstm.api import held_out_text
+    from charlstm.errors import CharLSTMError
     from charlstm.finetune import open_init_from
     from charlstm.presets import auto_learning_rate
 
     start = open_init_from(args.base)
+    base = load(args.base)
+    try:
+        reference: str | None = held_out_text(base.training)[: args.forget_chars]
+    except CharLSTMError as exc:
+        log(f"no forgetting measure: {exc}")
+        reference = None
     full_rate = auto_learning_rate(start.model.config.hidden_size)
     result: dict[str, Any] = {
         "base": {**start.facts(), "path": str(args.base), "model": start.architecture,
-                 "vocab_size": len(start.vocab)},
+                 "vocab_size": len(start.vocab), "held_out_chars": len(reference) if reference else None,
+                 "held_out_loss": round(base.evaluate(reference)["loss"], 4) if reference else None},
         "max_time_s": args.max_time,
         "seed": args.seed,
         "commit": commit(),
@@ -129,7 +146,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 options["init_from"] = args.base
             if run == "finetune_full_rate":
                 options["learning_rate"] = full_rate
-            entry["runs"][run] = train_once(path, work / f"{name}-{run}", args, **options)
+            entry["runs"][run] = train_once(path, work / f"{name}-{run}", args, reference, **options)
         entry["added"] = entry["runs"]["finetune"]["added"]
         result["texts"][name] = entry
     return result
@@ -171,6 +188,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def table(result: dict[str, Any]) -> str:
     """The markdown that goes between the markers of docs/finetune.md."""
     base, t = result["base"], result["max_time_s"]
+    held = base["held_out_loss"]
+    forgot = f" (the base: {held:.3f})" if held is not None else ""
     lines = [
         f"Base: `{base['path']}` ({base['model']['num_layers']} x {base['model']['hidden_size']} "
         f"{base['model']['cell'].upper()}, {base['vocab_size']} characters, weights sha256 "
@@ -179,13 +198,13 @@ def table(result: dict[str, Any]) -> str:
                                                                  else "") + ".",
         "",
         "| text | run | model | learning rate | steps | best val loss at "
-        + " | ".join(f"{f * t:g} s" for f in FRACTIONS) + " |",
-        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in FRACTIONS) + " |",
+        + " | ".join(f"{f * t:g} s" for f in FRACTIONS) + f" | loss on the base's held-out text{forgot} |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in FRACTIONS) + " | --- |",
     ]
     for name, entry in result["texts"].items():
         for run, data in entry["runs"].items():
             losses = [data["best_val_loss_by_fraction_of_time"][f"{f:g}"] for f in FRACTIONS]
-            shown = " | ".join("—" if v is None else f"{v:.3f}" for v in losses)
+            shown = " | ".join("—" if v is None else f"{v:.3f}" for v in [*losses, data["base_text_loss"]])
             lines.append(f"| {name.replace('_', ' ')} | {LABELS[run]} | {data['model']} | "
                          f"{data['learning_rate']:g} | {data['steps']} | {shown} |")
     lines.append("")
@@ -215,6 +234,8 @@ def main() -> None:
     parser.add_argument("--english", default=str(LICENCES / "GPL-3"), help="English, not the novel")
     parser.add_argument("--new-chars-from", default=str(LICENCES / "GFDL-1.3"),
                         help="a text to typeset into one with characters the novel never had")
+    parser.add_argument("--forget-chars", type=int, default=50_000,
+                        help="characters of the base's held-out text scored for forgetting (default: 50,000)")
     parser.add_argument("--chars", type=int, default=0, help="use only the first N characters of each text")
     parser.add_argument("--out-json", type=Path, default=ROOT / "docs" / "finetune.json")
     parser.add_argument("--plot-out", type=Path, default=ROOT / "docs" / "finetune.png")
@@ -223,6 +244,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.max_time, args.chars = min(args.max_time, 2.0), args.chars or 4000
+        args.forget_chars = min(args.forget_chars, 2000)
     set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="finetune-curve-") as tmp:
         result = run_all(args, Path(tmp))
