@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -185,7 +186,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def table(result: dict[str, Any]) -> str:
+def table(result: dict[str, Any], plot_link: str) -> str:
     """The markdown that goes between the markers of docs/finetune.md."""
     base, t = result["base"], result["max_time_s"]
     held = base["held_out_loss"]
@@ -213,6 +214,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"- {name.replace('_', ' ')}: {entry['source']}, {entry['num_chars']:,} characters; "
                      f"characters added to the base's vocabulary: "
                      f"{' '.join(repr(c) for c in added) if added else 'none'}")
+    lines += ["", f"![validation loss against wall time, from scratch and fine-tuned]({plot_link})"]
     return "\n".join(lines)
 
 
@@ -251,8 +253,9 @@ def main() -> None:
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     plot(result, args.plot_out)
-    render(args.doc, table(result))
-    log(table(result))
+    body = table(result, os.path.relpath(args.plot_out, args.doc.parent))
+    render(args.doc, body)
+    log(body)
     print(json.dumps(result, ensure_ascii=False))
 
 

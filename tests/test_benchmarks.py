@@ -115,4 +115,5 @@ def test_finetune_curve_quick(tmp_path: Path, trained_run: Path):
     assert {"“", "ﬁ"} <= set(result["texts"]["new_characters"]["added"])
     written = doc.read_text(encoding="utf-8")
     assert "Not measured yet" not in written and "| new characters | fine-tuned (default rate) |" in written
+    assert "](f.png)" in written
     assert written.endswith(real_doc.read_text(encoding="utf-8").split("<!-- finetune:end -->")[1])
