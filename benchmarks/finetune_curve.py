@@ -16,7 +16,7 @@ bundled model, the novel's last 10%), beside the base's own score there. Writes 
 plot --plot-out, and the table between the markers in --doc (docs/finetune.md); prints the JSON on
 one line.
 
-    python benchmarks/finetune_curve.py src/charlstm/pretrained --max-time 120
+    python benchmarks/finetune_curve.py --max-time 120          # from the bundled pretrained model
     python benchmarks/finetune_curve.py BASE --quick   # smoke test: short texts, a few seconds a run
 """
 
@@ -118,8 +118,8 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from charlstm.finetune import open_init_from
     from charlstm.presets import auto_learning_rate
 
-    start = open_init_from(args.base)
-    base = load(args.base)
+    start = open_init_from(args.base)  # None: the bundled pretrained model
+    base = load(start.path)
     try:
         reference: str | None = held_out_text(base.training)[: args.forget_chars]
     except CharLSTMError as exc:
@@ -127,7 +127,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         reference = None
     full_rate = auto_learning_rate(start.model.config.hidden_size)
     result: dict[str, Any] = {
-        "base": {**start.facts(), "path": str(args.base), "model": start.architecture,
+        "base": {**start.facts(), "path": str(args.base or "the bundled model"), "model": start.architecture,
                  "vocab_size": len(start.vocab), "held_out_chars": len(reference) if reference else None,
                  "held_out_loss": round(base.evaluate(reference)["loss"], 4) if reference else None},
         "max_time_s": args.max_time,
@@ -144,7 +144,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             log(f"{name}: {run} for {args.max_time:g} s")
             options: dict[str, Any] = {}
             if run != "scratch":
-                options["init_from"] = args.base
+                options["init_from"] = start.path
             if run == "finetune_full_rate":
                 options["learning_rate"] = full_rate
             entry["runs"][run] = train_once(path, work / f"{name}-{run}", args, reference, **options)
@@ -229,7 +229,7 @@ def render(doc: Path, body: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("base", help="the checkpoint or run folder to fine-tune from")
+    parser.add_argument("base", nargs="?", help="checkpoint or run folder (default: the bundled model)")
     parser.add_argument("--max-time", type=float, default=120.0, help="seconds per run (default: 120)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
@@ -248,8 +248,13 @@ def main() -> None:
         args.max_time, args.chars = min(args.max_time, 2.0), args.chars or 4000
         args.forget_chars = min(args.forget_chars, 2000)
     set_threads(args.threads)
+    from charlstm.errors import CharLSTMError
+
     with tempfile.TemporaryDirectory(prefix="finetune-curve-") as tmp:
-        result = run_all(args, Path(tmp))
+        try:
+            result = run_all(args, Path(tmp))
+        except CharLSTMError as exc:
+            sys.exit(f"finetune_curve: {exc}")
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     plot(result, args.plot_out)
