@@ -26,13 +26,15 @@ ORDER = [
     "runstate",
     "sample",
     "metrics",
+    "runfolder",
     "runner",
     "api",
     "export",
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}
-VERSION_READERS = ("runner", "api", "cli")  # may take `__version__` from the package, nothing else
+# These may take `__version__` from the package, nothing else.
+VERSION_READERS = ("runfolder", "runner", "api", "cli")
 PACKAGE = Path(charlstm.__file__).parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in EXEMPT)
 
