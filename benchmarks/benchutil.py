@@ -143,12 +143,17 @@ def machine_info(threads: int) -> dict[str, Any]:
     return {"machine": info, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
 
 
-def render_between_markers(path: Path, name: str, body: str) -> None:
-    """Replace the text between `<!-- begin NAME -->` and `<!-- end NAME -->` in `path`."""
+def replace_between_markers(text: str, name: str, body: str, where: str = "the page") -> str:
+    """`text` with what lies between `<!-- begin NAME ... -->` and `<!-- end NAME -->` replaced by `body`."""
     begin, end = f"<!-- begin {name} (generated: do not edit by hand) -->", f"<!-- end {name} -->"
-    text = path.read_text(encoding="utf-8")
     if begin not in text or end not in text:
-        raise SystemExit(f"{path}: no {begin} ... {end} markers to write between")
+        raise SystemExit(f"{where}: no {begin} ... {end} markers to write between")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{body}\n{end}{tail}", encoding="utf-8")
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def render_between_markers(path: Path, name: str, body: str) -> None:
+    """Replace the text between `<!-- begin NAME -->` and `<!-- end NAME -->` in `path`."""
+    text = path.read_text(encoding="utf-8")
+    path.write_text(replace_between_markers(text, name, body, str(path)), encoding="utf-8")

@@ -92,3 +92,24 @@ def test_bench_quality_quick(tmp_path: Path):
         assert entry["curve"] and {"step", "elapsed_s", "val_loss"} <= entry["curve"][0].keys()
         assert set(entry["val_loss_at_minutes"]) == {"1", "2", "5", "10", "20", "30"}
         assert {"time_to_val_2_0_s", "best_val_loss", "summary"} <= entry.keys()
+
+
+def run_report(*extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCHMARKS / "report.py"), *extra], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_page_matches_what_report_renders_from_the_committed_json():
+    proc = run_report("--check")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_report_check_fails_on_a_hand_edited_table(tmp_path: Path):
+    page = BENCHMARKS.parent / "docs" / "benchmarks.md"
+    text = page.read_text(encoding="utf-8")
+    begin = "<!-- begin summary (generated: do not edit by hand) -->\n"
+    edited = tmp_path / "benchmarks.md"
+    edited.write_text(text.replace(begin, begin + "| a row typed by hand | | | |\n"), encoding="utf-8")
+    proc = run_report("--check", "--page", str(edited))
+    assert proc.returncode == 1
+    assert "differ" in proc.stderr
