@@ -64,8 +64,8 @@ def render_provenance(results: dict[str, Result]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, result in results.items():
         cells = provenance(name, result)
-        if "device" in result and cells[1] == MISSING:
-            cells[1] = str(result["device"])
+        if "device" in result:  # bench_gpu's: the accelerator, and the host's CPU where recorded
+            cells[1] = str(result["device"]) + (f" (host: {cells[1]})" if cells[1] != MISSING else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
