@@ -123,7 +123,7 @@ class Snapshots:
 
     def __init__(self, budget_s: float) -> None:
         self.points = [p for p in WALL_POINTS_S if p < budget_s]
-        self.taken: list[tuple[int, float, Weights]] = []
+        self.taken: list[tuple[int, float, list[int], Weights]] = []
         self.copy_s = 0.0  # time spent copying, excluded from the elapsed times reported
 
     def due(self, elapsed_s: float) -> bool:
@@ -131,19 +131,22 @@ class Snapshots:
         return bool(self.points) and elapsed_s >= self.points[0]
 
     def take(self, step: int, elapsed_s: float, module: torch.nn.Module) -> None:
+        """Copy the weights: those at every point passed since the last copy (none at the run's end)."""
         t0 = time.perf_counter()
-        self.taken.append((step, round(elapsed_s, 3), copy.deepcopy(module.state_dict())))
+        passed = []
         while self.points and elapsed_s >= self.points[0]:
-            self.points.pop(0)
+            passed.append(self.points.pop(0))
+        self.taken.append((step, round(elapsed_s, 3), passed, copy.deepcopy(module.state_dict())))
         self.copy_s += time.perf_counter() - t0
 
     def curve(self, module: torch.nn.Module, evaluate: Callable[[], float]) -> list[dict[str, Any]]:
         """Each snapshot loaded into `module` and scored with `evaluate`; the last weights come back."""
         last = copy.deepcopy(module.state_dict())
         points = []
-        for step, elapsed, weights in self.taken:
+        for step, elapsed, passed, weights in self.taken:
             module.load_state_dict(weights)
-            points.append({"step": step, "elapsed_s": elapsed, "val_loss": round(evaluate(), 5)})
+            loss = round(evaluate(), 5)
+            points.append({"step": step, "elapsed_s": elapsed, "points_s": passed, "val_loss": loss})
         module.load_state_dict(last)
         return points
 

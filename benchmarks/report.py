@@ -29,8 +29,8 @@ TARGETS = {"train_speedup": 1.05, "sample_single": 5.0, "sample_batch": 25.0, "d
 Result = dict[str, Any]
 
 
-def load(name: str) -> Result | None:
-    path = BENCH / f"{name}.json"
+def load(name: str, bench: Path = BENCH) -> Result | None:
+    path = bench / f"{name}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -161,24 +161,29 @@ def quality_cell(entry: Result, minute: str, budget: float) -> str:
     return ""
 
 
+def row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def render_quality(quality: Result) -> str:
     config = quality["config"]
     shown = [m for m in MINUTES if any(e["val_loss_at_minutes"].get(m) is not None
                                        for e in quality["methods"].values())]
     target = config.get("target_loss", 2.0)
-    lines = ["| validation loss (nats/char) after | " + " | ".join(f"{m} min" for m in shown)
-             + f" | time to <= {target} | validation share of wall time |",
-             "| --- |" + " --- |" * (len(shown) + 2)]
+    header = ["validation loss (nats/char) after", *(f"{m} min" for m in shown), f"time to <= {target}",
+              "best", "validation share of wall time"]
+    lines = [row(header), row(["---"] * len(header))]
     for name, entry in quality["methods"].items():
         summary = entry["summary"]
         budget = config["charlstm_minutes"] if name == "charlstm" else config["minutes"]
-        cells = [quality_cell(entry, m, budget) for m in shown]
         reached = entry["time_to_val_2_0_s"]
-        best = f"best {entry['best_val_loss']:.3f}, {summary['steps']} steps"
-        to_target = f"{reached:.0f} s" if reached is not None else f"not within {budget:g} min ({best})"
         share = summary.get("eval_fraction_of_wall")
-        lines.append(f"| {summary['label']} | " + " | ".join(cells) + f" | {to_target} | "
-                     + (f"{share:.0%}" if share is not None else MISSING) + " |")
+        lines.append(row([
+            summary["label"], *(quality_cell(entry, m, budget) for m in shown),
+            f"{reached:.0f} s" if reached is not None else f"not within {budget:g} min",
+            f"{entry['best_val_loss']:.3f} ({summary['steps']:,} steps)",
+            f"{share:.0%}" if share is not None else MISSING,
+        ]))
     kind = quality.get("curve_kind", "each method's own validations (in its clock)")
     lines += ["", f"Curves: {kind}. Budgets: {config['minutes']:g} min per baseline, "
               f"{config['charlstm_minutes']:g} min for charlstm; {config['threads']} threads each."]
@@ -201,7 +206,8 @@ def plot_quality(quality: Result, path: Path) -> None:
     ax.set_ylabel("validation loss (nats/char)")
     config = quality["config"]
     threads = f"{config['threads']} torch threads each"
-    ax.set_title(f"Time to quality on {config['cpu_count']} CPU cores ({threads})")
+    cores = config.get("cpu_count") or quality.get("machine", {}).get("cores", "?")
+    ax.set_title(f"Time to quality on {cores} CPU cores ({threads})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -255,10 +261,10 @@ def render_gpu(gpu: Result) -> str:
     return "\n".join(lines)
 
 
-def blocks() -> dict[str, str]:
-    """Every generated block of the page, by marker name, from the JSON files present."""
+def blocks(bench: Path = BENCH) -> dict[str, str]:
+    """Every generated block of the page, by marker name, from the JSON files in `bench`."""
     results = {name: r for name in ("train", "sample", "data", "ddp", "quality", "gpu_h200")
-               if (r := load(name)) is not None}
+               if (r := load(name, bench)) is not None}
     renderers: dict[str, Callable[[], str]] = {
         "provenance": lambda: render_provenance(results),
         "summary": lambda: render_summary(results["train"], results["sample"], results["data"]),
@@ -274,10 +280,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if the page is out of date")
     ap.add_argument("--page", type=Path, default=PAGE)
+    ap.add_argument("--bench", type=Path, default=BENCH, help="the folder of JSON results")
     args = ap.parse_args()
     text = args.page.read_text(encoding="utf-8")
     rendered = text
-    for name, body in blocks().items():
+    for name, body in blocks(args.bench).items():
         rendered = replace_between_markers(rendered, name, body, where=str(args.page))
     if args.check:
         if rendered != text:
@@ -286,9 +293,9 @@ def main() -> int:
             return 1
         return 0
     args.page.write_text(rendered, encoding="utf-8")
-    quality = load("quality")
+    quality = load("quality", args.bench)
     if quality is not None:
-        plot_quality(quality, PLOT)
+        plot_quality(quality, args.bench / PLOT.name)
     return 0
 
 
