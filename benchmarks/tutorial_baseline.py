@@ -198,28 +198,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--hidden-size", type=int, help="LSTM width (default 512; 128 with --quick)")
     ap.add_argument("--num-layers", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=100, help="the published notebook uses 128")
-    ap.add_argument("--seq-len", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, help="default 100 (the notebook: 128); 10 with --quick")
+    ap.add_argument("--seq-len", type=int, help="default 100; 50 with --quick")
     ap.add_argument("--learning-rate", type=float, default=0.001)
     ap.add_argument("--dropout", type=float, default=0.5)
     ap.add_argument("--print-every", type=int, default=10, help="validation pass every N steps")
     ap.add_argument("--sample-chars", type=int, default=2000)
     ap.add_argument("--sample-only", action="store_true", help="skip training; time sampling, random weights")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 20k chars, width 128, batch 10x50, 20 steps, 100 samples, 1 thread")
+                    help="smoke test: 20k chars, 20 steps, 100 samples, 1 thread; unless given, width 128, "
+                    "batch 10x50")
     args = ap.parse_args()
     if args.quick:  # one thread unless told: two OpenMP threads on a busy 2-core box can be 10x slower
         args.threads = args.threads or 1
-        args.hidden_size = args.hidden_size or 128
-        args.batch_size, args.seq_len, args.max_steps = 10, 50, min(args.max_steps, 20)
+        args.hidden_size, args.batch_size = args.hidden_size or 128, args.batch_size or 10
+        args.seq_len, args.max_steps = args.seq_len or 50, min(args.max_steps, 20)
         args.sample_chars = min(args.sample_chars, 100)
     if args.threads:
         torch.set_num_threads(args.threads)
     text = args.data.read_text(encoding="utf-8") if args.data else bundled_text()
     if args.quick:
         text = text[:20_000]
-    method = setup(text, args.hidden_size or 512, args.num_layers, args.batch_size, args.seq_len,
-                   args.learning_rate, args.dropout, args.print_every, args.seed)
+    method = setup(text, args.hidden_size or 512, args.num_layers, args.batch_size or 100,
+                   args.seq_len or 100, args.learning_rate, args.dropout, args.print_every, args.seed)
     result: dict[str, Any] = {"config": {**method.config, "data": str(args.data or "bundled: Anna Karenina"),
                                          "text_chars": len(text), "params": method.params,
                                          "minutes": args.minutes, "max_steps": args.max_steps,
