@@ -42,6 +42,10 @@ def yes(ok: bool) -> str:
     return "yes" if ok else "no"
 
 
+def row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def provenance(name: str, result: Result) -> list[str]:
     """The cells of one row of the provenance table; older files kept some of it under 'config'."""
     machine, config = result.get("machine", {}), result.get("config", {})
@@ -70,48 +74,60 @@ def render_provenance(results: dict[str, Result]) -> str:
     return "\n".join(lines)
 
 
-def spread_text(entry: Result, digits: int = 0) -> str:
-    return f"{num(entry['median'], digits)} ({num(entry['min'], digits)}-{num(entry['max'], digits)})"
+def range_text(entry: Result) -> str:
+    return f"{num(entry['min'])}-{num(entry['max'])}"
+
+
+def spread_text(entry: Result) -> str:
+    return f"{num(entry['median'])} ({range_text(entry)})"
 
 
 def render_summary(train: Result, sample: Result, data: Result) -> str:
-    rows = ["| what | target | measured | met? |", "| --- | --- | --- | --- |"]
+    rows = [row(["what", "target", "measured", "met?"]), row(["---"] * 4)]
     a, b = train["charlstm"], train["tutorial"]
-    speedup = train["speedup_chars_per_sec"]
-    rows.append(
-        f"| training throughput at the tutorial's configuration | >= {TARGETS['train_speedup']} x the "
-        f"tutorial | {num(a['chars_per_sec']['median'])} vs {num(b['chars_per_sec']['median'])} chars/s "
-        f"(medians of {train['config']['repeats']} alternating repeats of "
-        f"{train['config']['steps_per_repeat']} steps; ranges {spread_text(a['chars_per_sec'])} and "
-        f"{spread_text(b['chars_per_sec'])}): "
-        f"**{speedup:.2f} x**; "
+    speedup, config = train["speedup_chars_per_sec"], train["config"]
+    rows.append(row([
+        "training throughput at the tutorial's configuration",
+        f">= {TARGETS['train_speedup']} x the tutorial",
+        f"{num(a['chars_per_sec']['median'])} vs {num(b['chars_per_sec']['median'])} chars/s (medians of "
+        f"{config['repeats']} alternating repeats of {config['steps_per_repeat']} steps; ranges "
+        f"{range_text(a['chars_per_sec'])} and {range_text(b['chars_per_sec'])}): **{speedup:.2f} x**; "
         f"{a['fraction_of_peak']:.0%} and {b['fraction_of_peak']:.0%} of the measured matmul peak "
-        f"({train['matmul_peak_gflops']:.0f} GFLOP/s) | {yes(speedup >= TARGETS['train_speedup'])} |")
+        f"({train['matmul_peak_gflops']:.0f} GFLOP/s)",
+        yes(speedup >= TARGETS["train_speedup"]),
+    ]))
     share = {m: train[m]["eval_fraction_of_wall"] for m in ("charlstm", "tutorial")}
     trained = (1 - share["charlstm"]) * a["chars_per_sec"]["median"] / (
         (1 - share["tutorial"]) * b["chars_per_sec"]["median"])
-    rows.append(
-        f"| the same, with each one's default validation schedule | | validation is {share['charlstm']:.1%} "
-        f"of wall time for charlstm (a pass of {a['val_pass_s']['median']:.1f} s every {a['eval_interval']} "
-        f"steps) and {share['tutorial']:.1%} for the tutorial ({b['val_pass_s']['median']:.1f} s every "
-        f"{b['eval_interval']} steps): **{trained:.2f} x** more characters trained per wall-clock second | |")
+    rows.append(row([
+        "the same, with each one's default validation schedule", "",
+        f"validation is {share['charlstm']:.1%} of wall time for charlstm (a pass of "
+        f"{a['val_pass_s']['median']:.1f} s every {a['eval_interval']} steps) and "
+        f"{share['tutorial']:.1%} for the tutorial ({b['val_pass_s']['median']:.1f} s every "
+        f"{b['eval_interval']} steps): "
+        f"**{trained:.2f} x** more characters trained per wall-clock second", "",
+    ]))
     single, batch = sample["speedup_single_stream"], sample["speedup_batch_vs_tutorial_single"]
     cfg = sample["config"]
-    rows.append(
-        f"| sampling, one stream, top-k {cfg['top_k']}, {cfg['chars']:,} chars, 2 x {cfg['hidden']} LSTM "
-        f"| >= {TARGETS['sample_single']:g} x the tutorial | "
-        f"{num(sample['charlstm']['chars_per_sec']['median'])} vs "
-        f"{num(sample['tutorial']['chars_per_sec']['median'])} chars/s (medians of {cfg['repeats']}): "
-        f"**{single:.2f} x** | {yes(single >= TARGETS['sample_single'])} |")
-    rows.append(
-        f"| sampling, {cfg['streams']} streams as one batch | >= {TARGETS['sample_batch']:g} x the "
-        f"tutorial's chars/s in total | "
-        f"{num(sample['charlstm_batch']['total_chars_per_sec']['median'])} chars/s: "
-        f"**{batch:.1f} x** | {yes(batch >= TARGETS['sample_batch'])} |")
-    rows.append(
-        f"| peak memory while training, tutorial configuration | <= the tutorial's | "
-        f"{num(a['peak_rss_mb'])} MB vs {num(b['peak_rss_mb'])} MB (each in its own process) | "
-        f"{yes(a['peak_rss_mb'] <= b['peak_rss_mb'])} |")
+    medians = {k: num(sample[k]["chars_per_sec"]["median"]) for k in ("charlstm", "tutorial")}
+    rows.append(row([
+        f"sampling, one stream, top-k {cfg['top_k']}, {cfg['chars']:,} chars, 2 x {cfg['hidden']} LSTM",
+        f">= {TARGETS['sample_single']:g} x the tutorial",
+        f"{medians['charlstm']} vs {medians['tutorial']} chars/s (medians of {cfg['repeats']}): "
+        f"**{single:.2f} x**",
+        yes(single >= TARGETS["sample_single"]),
+    ]))
+    rows.append(row([
+        f"sampling, {cfg['streams']} streams as one batch",
+        f">= {TARGETS['sample_batch']:g} x the tutorial's chars/s in total",
+        f"{num(sample['charlstm_batch']['total_chars_per_sec']['median'])} chars/s: **{batch:.1f} x**",
+        yes(batch >= TARGETS["sample_batch"]),
+    ]))
+    rows.append(row([
+        "peak memory while training, tutorial configuration", "<= the tutorial's",
+        f"{num(a['peak_rss_mb'])} MB vs {num(b['peak_rss_mb'])} MB (each in its own process)",
+        yes(a["peak_rss_mb"] <= b["peak_rss_mb"]),
+    ]))
     rows.append(render_data_row(data))
     return "\n".join(rows)
 
@@ -123,11 +139,14 @@ def render_data_row(data: Result) -> str:
     rate = stream.get("chars_per_sec", data["chars_per_sec"])
     how = "`prepare_corpus`" if stream else "read + vocabulary + encode"
     ok = seconds < TARGETS["data_seconds"] and per_char < TARGETS["data_bytes_per_char"]
-    return (f"| preparing a {data['config']['megabytes']:g} MB corpus (read, vocabulary, encode) | "
-            f"< {TARGETS['data_seconds']:g} s and < {TARGETS['data_bytes_per_char']:g} bytes/char | {how} "
-            f"{seconds:.1f} s (median of {data['config']['repeats']}; {rate / 1e6:.0f} M chars/s), "
-            f"**{per_char:.2f} bytes/char** above the import baseline; ids are {data['ids_dtype']} "
-            f"({data['ids_bytes_per_char']:g} byte/char) | {yes(ok)} |")
+    return row([
+        f"preparing a {data['config']['megabytes']:g} MB corpus (read, vocabulary, encode)",
+        f"< {TARGETS['data_seconds']:g} s and < {TARGETS['data_bytes_per_char']:g} bytes/char",
+        f"{how} {seconds:.1f} s (median of {data['config']['repeats']}; {rate / 1e6:.0f} M chars/s), "
+        f"**{per_char:.2f} bytes/char** above the import baseline; ids are {data['ids_dtype']} "
+        f"({data['ids_bytes_per_char']:g} byte/char)",
+        yes(ok),
+    ])
 
 
 def render_train_notes(train: Result, sample: Result) -> str:
@@ -159,10 +178,6 @@ def quality_cell(entry: Result, minute: str, budget: float) -> str:
     if float(minute) <= budget and curve and curve[0]["elapsed_s"] > float(minute) * 60:
         return f"none yet (first at {curve[0]['elapsed_s']:.0f} s)"
     return ""
-
-
-def row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def render_quality(quality: Result) -> str:
