@@ -18,7 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 DOCS = BENCHMARKS.parent / "docs"
 sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other as top-level modules
 
-import gpt_baseline  # noqa: E402
+import gpt_baseline  # noqa: E402  (after the path is set)
 from harness import Snapshots, alternate  # noqa: E402
 
 
@@ -167,6 +167,14 @@ def test_bench_gpu_quick_runs_every_measurement_on_the_cpu():
     assert result["sampling"]["streams_64_chars_per_sec"] > 0
 
 
+@pytest.mark.slow
+def test_tutorial_reproduction_quick():
+    result = run_quick("tutorial_reproduction.py", "--runs", "tutorial")
+    assert result["runs"] == ["tutorial"]
+    assert 0 < result["last"]["tutorial"] < 5
+    assert "| published log | charlstm --preset tutorial (exact) |" in result["table"]
+
+
 def test_gpt_learning_rate_warms_up_then_decays_to_a_tenth_by_the_end():
     peak = gpt_baseline.PEAK_LR
     warmup = [gpt_baseline.learning_rate(step, 0.0, 0.0) for step in range(gpt_baseline.WARMUP_STEPS)]
@@ -190,7 +198,7 @@ def test_snapshots_score_the_weights_held_at_each_wall_time_point():
     snapshots.take(5, 13.0, module)
     curve = snapshots.curve(module, lambda: module.weight.item())
     assert [(p["points_s"], p["val_loss"]) for p in curve] == [([5], 2.0), ([10], 3.0), ([], 4.0)]
-    assert float(module.weight) == 4.0  # the last weights come back
+    assert module.weight.item() == 4.0  # the last weights come back
 
 
 def test_alternate_times_the_methods_in_turn():
