@@ -22,6 +22,7 @@ ORDER = [
     "policy",
     "trainer",
     "checkpoint",
+    "finetune",
     "runstate",
     "sample",
     "metrics",

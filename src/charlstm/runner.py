@@ -36,12 +36,14 @@ from .data import (
 from .distributed import DistContext, context_from_env, setup, teardown
 from .errors import CharLSTMError
 from .evaluation import HeldOut
+from .finetune import open_init_from, reencode, union_vocab
 from .metrics import MetricsLog
 from .model import CharRNN
 from .presets import PRESETS, preset_options
 from .runstate import capture, restore
 from .sample import default_prime, generate_texts
 from .trainer import Hooks, Trainer, pick_device
+from .vocab import Vocab, describe_chars
 
 MODEL_OPTIONS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
 TRAIN_OPTIONS = tuple(f.name for f in fields(TrainConfig))
@@ -141,9 +143,22 @@ def open_resume(
     return config, sources, model_options, {**saved_train, **train_options}
 
 
+MEMMAP_BYTES_ENV = "CHARLSTM_MEMMAP_BYTES"
+
+
 def memmap_threshold() -> int:
     """Bytes of text above which the encoded ids live in a memory-mapped file: a quarter of
-    this machine's memory (1 GiB where that cannot be read)."""
+    this machine's memory (1 GiB where that cannot be read). The environment variable
+    CHARLSTM_MEMMAP_BYTES, when set to a whole number, replaces it (tests lower it so that
+    processes started by torchrun take the memory-mapped path on a small text)."""
+    override = os.environ.get(MEMMAP_BYTES_ENV)
+    if override is not None:
+        try:
+            return int(override)
+        except ValueError:
+            raise CharLSTMError(
+                f"{MEMMAP_BYTES_ENV} must be a whole number of bytes, not {override!r}"
+            ) from None
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     except (AttributeError, ValueError, OSError):
@@ -175,6 +190,7 @@ def train(
     resume: bool = False,
     preset: str = "auto",
     hooks: Hooks | None = None,
+    init_from: str | Path | None = None,
     **options: Any,
 ) -> Path:
     """Train on the text files or folders in `paths` (none: the bundled novel); returns `out_dir`.
@@ -186,9 +202,18 @@ def train(
     the run in `out_dir` exactly where its `last` checkpoint stopped. `hooks` (a `Hooks`
     subclass) sees the run's summary, each step and each validation (with a short sample), and
     can stop the run. Under torchrun each process trains its share of the streams.
+    `init_from` (a checkpoint or run folder) starts a new run from its weights and architecture,
+    the vocabulary grown to the new text's characters (docs/finetune.md).
     """
     out_dir, paths, hooks = Path(out_dir), list(paths), hooks or Hooks()
     model_options, train_options = split_options(options)
+    start, given_train = None, set(train_options)
+    if init_from is not None:
+        if resume:
+            raise CharLSTMError("--init-from starts a new run, --resume continues one: give only one")
+        start = open_init_from(init_from)
+        model_options = start.model_options(model_options)
+        train_options.setdefault("learning_rate", start.learning_rate)
     resumed = None
     if resume:
         resumed, paths, model_options, train_options = open_resume(
@@ -199,6 +224,11 @@ def train(
         raise CharLSTMError(f"--preset must be one of {', '.join(PRESETS)}, not {preset!r}")
     else:
         check_out_dir(out_dir, overwrite)  # before the corpus is read: that can take minutes
+    if not resumed and train_options.get("val_file"):  # absolute, so eval and resume work from anywhere
+        val_file = Path(train_options["val_file"])
+        if not val_file.is_file():
+            raise CharLSTMError(f"{val_file}: no such file for --val-file")
+        train_options["val_file"] = str(val_file.resolve())
     # Options given are checked before anything is read or written (the preset fills the rest).
     given = TrainConfig.from_dict(train_options)
     ModelConfig(vocab_size=2, **model_options)
@@ -215,6 +245,8 @@ def train(
         corpus = load_corpus(paths, encoding, out_dir, ctx)
         notes: list[str] = []
         if resumed:
+            if resumed["training"].get("init_from"):  # a fine-tuning run's ids are in the union
+                corpus = reencode(corpus, Vocab(resumed["vocab"]))
             _check_same_text(corpus, resumed)
         else:
             val_frac = train_options.get("val_frac", 0.1)
@@ -225,18 +257,27 @@ def train(
                 notes.append(f"given options win over the preset's: {given_flags}")
             model_options = {**{k: v for k, v in chosen.items() if k in MODEL_OPTIONS}, **model_options}
             train_options = {**{k: v for k, v in chosen.items() if k in TRAIN_OPTIONS}, **train_options}
+            if start:
+                corpus = reencode(corpus, union_vocab(start.vocab, corpus.vocab))
+                notes = start.notes(chosen, given_train, preset)
         config = TrainConfig.from_dict(train_options)
         model_config = ModelConfig(vocab_size=len(corpus.vocab), **model_options)
         if config.precision == "bf16" and device.type != "cuda":
             notes.append(f"--precision bf16 applies on CUDA only: training in fp32 on {device.type}")
         trainer = _build_trainer(corpus, config, model_config, device, ctx)
+        if start:
+            trainer.model.load_state_dict(start.widened_state(corpus.vocab, config.seed))
         if not resumed and ctx.is_main:
             prepare_out_dir(out_dir, overwrite)
-        trainer.hooks = RunFolder(out_dir, corpus, trainer, hooks if ctx.is_main else Hooks())
+        origin = start.facts() if start else (resumed or {}).get("training", {}).get("init_from")
+        trainer.hooks = RunFolder(out_dir, corpus, trainer, hooks, origin)
         if resumed:
             last = out_dir / "last"
             trainer.model.load_state_dict(load_checkpoint(last, device).model.state_dict())
             restore(trainer, *load_trainer_state(last), where=str(last))
+            progress, patience = trainer.progress, config.stop_patience
+            # a larger --stop-patience revives an early-stopped run
+            progress.converged = bool(patience) and progress.evals_since_best >= patience
             _check_work_left(trainer, out_dir)
             if options.get("learning_rate") is not None:  # replaces the rate the run had reached
                 for group in trainer.optimizer.param_groups:
@@ -244,7 +285,10 @@ def train(
             if ctx.is_main:
                 MetricsLog(out_dir / "metrics.jsonl").rewrite(trainer.progress.history)
         if ctx.is_main:
-            hooks.on_start({**_summary(trainer, corpus, resumed is not None), "chosen": notes})
+            summary = {**_summary(trainer, corpus, resumed is not None), "chosen": notes}
+            if start:
+                summary["init_from"] = {**start.facts(), "added": start.added(corpus.vocab)}
+            hooks.on_start(summary)
         trainer.fit()
     finally:
         teardown(ctx)
@@ -274,6 +318,12 @@ def _build_trainer(
     if config.val_file:
         train_ids = corpus.ids
         val_text = read_text_file(Path(config.val_file), corpus.encoding)
+        unknown = corpus.vocab.unknown(val_text)
+        if unknown:
+            raise CharLSTMError(
+                f"{config.val_file}: --val-file has characters the training text lacks: "
+                f"{describe_chars(unknown)}; validate on text written in the same characters"
+            )
         val_ids = encode_corpus(val_text, corpus.vocab)
     else:
         train_ids, val_ids = split_train_val(corpus.ids, config.val_frac)
@@ -311,10 +361,19 @@ def _check_work_left(trainer: Trainer, out_dir: Path) -> None:
 
 
 class RunFolder(Hooks):
-    """Writes the run folder (rank 0 only) and forwards every event to the caller's hooks."""
+    """Writes the run folder and forwards progress to the caller's hooks, on rank 0 only; every
+    rank asks the caller whether to stop (a signal reaches each process under torchrun)."""
 
-    def __init__(self, out_dir: Path, corpus: Corpus, trainer: Trainer, caller: Hooks) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        corpus: Corpus,
+        trainer: Trainer,
+        caller: Hooks,
+        origin: dict[str, str] | None = None,
+    ) -> None:
         self.out_dir, self.corpus, self.caller = out_dir, corpus, caller
+        self.origin = origin  # the checkpoint a fine-tuning run started from (path, sha256)
         self.is_main = trainer.dist.is_main
         self.metrics = MetricsLog(out_dir / "metrics.jsonl")
 
@@ -333,10 +392,12 @@ class RunFolder(Hooks):
             "val_loss": progress.history[-1]["val_loss"] if progress.history else None,
             "best_val_loss": progress.best_val_loss,
             "elapsed_s": round(progress.elapsed_s, 2),
+            **({"init_from": self.origin} if self.origin else {}),
         }
 
     def on_step(self, trainer: Trainer, loss: torch.Tensor) -> None:
-        self.caller.on_step(trainer, loss)
+        if self.is_main:
+            self.caller.on_step(trainer, loss)
 
     def on_eval(self, trainer: Trainer, record: dict[str, Any], is_best: bool) -> None:
         if not self.is_main:
@@ -361,6 +422,7 @@ class RunFolder(Hooks):
     def on_save(self, trainer: Trainer) -> None:
         state = capture(trainer)  # collective: every rank takes part
         if self.is_main:
+            self.caller.on_save(trainer)
             facts = self.facts(trainer)
             save_checkpoint(self.out_dir / "last", trainer.model, self.corpus.vocab, facts, state)
 
