@@ -32,14 +32,17 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
 
+# Each script writes its JSON into docs/bench/; report.py then renders docs/benchmarks.md from them.
 bench: install
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_ddp.py
+	$(BIN)/python benchmarks/report.py
 
 bench-quality: install
-	$(BIN)/python benchmarks/bench_quality.py
+	$(BIN)/python benchmarks/bench_quality.py --minutes 10 --charlstm-minutes 30
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -6,7 +6,7 @@ use) where the library has it; reported under "prepare_corpus" (null where it ha
 The file is the bundled novel repeated (ASCII, so one byte per character) in a temporary folder.
 Each repeat runs in a fresh process; the peak RSS (VmHWM on Linux) of a process that only imported
 charlstm and torch, measured in its own process, is subtracted before dividing by the characters.
-Progress goes to stderr; one JSON object goes to stdout.
+Progress goes to stderr; one JSON object goes to stdout and (not with --quick) docs/bench/data.json.
 
     python benchmarks/bench_data.py                   # 100 MB, 5 repeats
     python benchmarks/bench_data.py --quick           # smoke test: 5 MB, 1 repeat
@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchutil import bundled_text_light, log, machine, peak_rss_bytes, run_json, set_threads, spread
+from benchutil import (
+    bundled_text_light,
+    log,
+    peak_rss_bytes,
+    run_json,
+    set_threads,
+    spread,
+    write_result,
+)
 
 
 def write_corpus(path: Path, chars: int) -> int:
@@ -118,7 +126,7 @@ def main() -> None:
                   "peak_rss_bytes_per_char": round((stream_peak - base["peak_rss_bytes"]) / chars, 3)}
     result = {
         "config": {"megabytes": args.megabytes, "file_bytes": size, "repeats": args.repeats,
-                   "quick": args.quick, **machine(args.threads)},
+                   "quick": args.quick},
         "chars": chars,
         "vocab_size": runs[0]["vocab_size"],
         "ids_dtype": runs[0]["ids_dtype"],
@@ -132,7 +140,7 @@ def main() -> None:
         "peak_rss_bytes_per_char": round(extra / chars, 3),
         "prepare_corpus": stream,
     }
-    print(json.dumps(result))
+    write_result(result, "data", args.threads, args.quick)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Both train the same model on the same global batch from the same seed with dropout 0, so they
 must also agree on the losses; repeats alternate so the machine's load hits both alike. Prints
-one JSON object:
+one JSON object, also written (not with --quick) to docs/bench/ddp.json:
     python benchmarks/bench_ddp.py [--repeats 3] [--steps 60] [--quick]
 """
 
@@ -17,26 +17,27 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchutil import ROOT, bundled_text_light, log, write_result
 
 
-def train_flags(out: Path, steps: int, hidden: int) -> list[str]:
+def train_flags(out: Path, steps: int, hidden: int, data: list[str]) -> list[str]:
     return [
-        "train", "--out", str(out), "--hidden-size", str(hidden), "--num-layers", "2", "--dropout", "0",
+        "train", *data, "--out", str(out), "--hidden-size", str(hidden), "--num-layers", "2",
+        "--dropout", "0",
         "--batch-size", "32", "--seq-len", "64", "--max-steps", str(steps), "--eval-interval", str(steps),
         "--seed", "3", "--device", "cpu", "--quiet",
     ]  # fmt: skip
 
 
-def run(kind: str, out: Path, steps: int, hidden: int) -> dict[str, float]:
+def run(kind: str, out: Path, steps: int, hidden: int, data: list[str]) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     if kind == "1x2":
         env["OMP_NUM_THREADS"] = "2"
-        cmd = [sys.executable, "-m", "charlstm", "--threads", "2", *train_flags(out, steps, hidden)]
+        cmd = [sys.executable, "-m", "charlstm", "--threads", "2", *train_flags(out, steps, hidden, data)]
     else:
         env["OMP_NUM_THREADS"] = "1"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "charlstm", *train_flags(out, steps, hidden)]  # fmt: skip
+               "-m", "charlstm", *train_flags(out, steps, hidden, data)]  # fmt: skip
     subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, timeout=1800)
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     return {"chars_per_sec": record["chars_per_sec"], "val_loss": record["val_loss"],
@@ -51,26 +52,30 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny model, few steps")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.steps, args.hidden = 1, 6, 32
+        args.repeats, args.steps, args.hidden = 1, 6, 32  # and 40k characters of the novel
     runs: dict[str, list[dict[str, float]]] = {"1x2": [], "2x1": []}
     with tempfile.TemporaryDirectory() as tmp:
+        data: list[str] = []  # the bundled novel
+        if args.quick:  # a short text: reading and validating the novel would take most of the time
+            data = [str(Path(tmp) / "quick.txt")]
+            Path(data[0]).write_text(bundled_text_light()[:40_000], encoding="utf-8")
         for repeat in range(args.repeats):
             for kind in runs:
-                result = run(kind, Path(tmp) / f"{kind}-{repeat}", args.steps, args.hidden)
-                print(f"{kind} #{repeat + 1}: {result}", file=sys.stderr)
+                result = run(kind, Path(tmp) / f"{kind}-{repeat}", args.steps, args.hidden, data)
+                log(f"{kind} #{repeat + 1}: {result}")
                 runs[kind].append(result)
     speeds = {kind: [r["chars_per_sec"] for r in rs] for kind, rs in runs.items()}
     summary = {
         kind: {"median": statistics.median(v), "min": min(v), "max": max(v)} for kind, v in speeds.items()
     }
-    print(json.dumps({
+    write_result({
         "config": {"hidden": args.hidden, "layers": 2, "batch": 32, "seq": 64, "steps": args.steps,
-                   "repeats": args.repeats, "cpu_count": os.cpu_count()},
+                   "repeats": args.repeats, "quick": args.quick},
         "chars_per_sec": summary,
         "ratio_2x1_over_1x2": summary["2x1"]["median"] / summary["1x2"]["median"],
         "val_loss": {kind: rs[0]["val_loss"] for kind, rs in runs.items()},
         "train_loss": {kind: rs[0]["train_loss"] for kind, rs in runs.items()},
-    }))  # fmt: skip
+    }, "ddp", 2, args.quick)  # fmt: skip
 
 
 if __name__ == "__main__":

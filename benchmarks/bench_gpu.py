@@ -1,9 +1,10 @@
 """GPU benchmark: training throughput, fraction of peak, time to validation loss 1.3, sampling.
 
-Run on a CUDA machine from the repository root (no install needed):
-    PYTHONPATH=src python benchmarks/bench_gpu.py --minutes 3
-Prints one JSON object. Each measurement is independent, so a failure in one is reported in
-the JSON and the others still run.
+Run on a CUDA machine from the repository root (no install needed; gpu_check.sh does):
+    PYTHONPATH=src python benchmarks/bench_gpu.py --minutes 1.5 --out-json docs/bench/gpu_h200.json
+    python benchmarks/bench_gpu.py --quick     # the same code paths, tiny, on the CPU (the smoke test)
+Prints one JSON object (with the commit, machine, command and date); writes it to --out-json.
+Each measurement is independent, so a failure in one is reported in the JSON and the others still run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchutil import log, write_result
+from harness import lstm_flops_per_char, matmul_peak_flops, sync
 
 import charlstm
 from charlstm.config import ModelConfig, TrainConfig
@@ -32,29 +35,8 @@ DEVICE = "cuda"
 SIZE = 8192
 
 
-def sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def lstm_flops_per_char(hidden: int, layers: int, embed: int, vocab: int) -> float:
-    """Training FLOPs per character: forward matmuls x 3 (backward costs about twice forward)."""
-    forward = 2 * 4 * hidden * (embed + hidden) + (layers - 1) * 2 * 4 * hidden * (2 * hidden)
-    forward += 2 * hidden * vocab
-    return 3.0 * forward
-
-
 def matmul_peak_tflops(dtype: torch.dtype) -> float:
-    a = torch.randn(SIZE, SIZE, device=DEVICE, dtype=dtype)
-    b = torch.randn(SIZE, SIZE, device=DEVICE, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync()
-    start = time.perf_counter()
-    for _ in range(10):
-        a @ b
-    sync()
-    return 10 * 2 * SIZE**3 / (time.perf_counter() - start) / 1e12
+    return matmul_peak_flops(SIZE, 10, DEVICE, dtype) / 1e12
 
 
 def throughput(preset_options: dict[str, Any], precision: str, steps: int = 60) -> dict[str, Any]:
@@ -77,16 +59,16 @@ def throughput(preset_options: dict[str, Any], precision: str, steps: int = 60) 
     for i in range(10):
         window = batches[i]
         trainer.train_step(window.inputs, window.targets)
-    sync()
+    sync(DEVICE)
     start = time.perf_counter()
     for i in range(steps):
         window = batches[(10 + i) % len(batches)]
         trainer.train_step(window.inputs, window.targets)
-    sync()
+    sync(DEVICE)
     seconds = time.perf_counter() - start
     chars_per_sec = steps * config.batch_size * config.seq_len / seconds
     flops = lstm_flops_per_char(
-        model_config.hidden_size, model_config.num_layers, model_config.input_size, len(vocab)
+        model_config.input_size, model_config.hidden_size, len(vocab), model_config.num_layers
     )
     return {
         "options": preset_options,
@@ -97,10 +79,16 @@ def throughput(preset_options: dict[str, Any], precision: str, steps: int = 60) 
     }
 
 
-def time_to_quality(minutes: float, precision: str, target: float = 1.3) -> dict[str, Any]:
+def time_to_quality(minutes: float, precision: str, quick: bool, target: float = 1.3) -> dict[str, Any]:
     """charlstm's auto preset on the bundled novel for `minutes`: the validation curve."""
     out = Path(tempfile.mkdtemp()) / "run"
-    charlstm.train([], out, max_time=minutes * 60, precision=precision, device=DEVICE)
+    paths: list[Path] = []
+    options: dict[str, Any] = {}
+    if quick:  # a few steps of a tiny model on a short text
+        paths = [out.parent / "quick.txt"]
+        paths[0].write_text(bundled_text()[:20_000], encoding="utf-8")
+        options = {"hidden_size": 32, "batch_size": 8, "seq_len": 16, "max_steps": 6, "eval_interval": 3}
+    charlstm.train(paths, out, max_time=minutes * 60, precision=precision, device=DEVICE, **options)
     curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     reached = next((r["elapsed_s"] for r in curve if r["val_loss"] <= target), None)
     return {
@@ -113,22 +101,22 @@ def time_to_quality(minutes: float, precision: str, target: float = 1.3) -> dict
     }
 
 
-def sampling(checkpoint: str) -> dict[str, Any]:
+def sampling(checkpoint: str, length: int) -> dict[str, Any]:
     model = charlstm.load(checkpoint, device=DEVICE)
     results: dict[str, Any] = {}
     for streams in (1, 64):
         model.generate("Anna", length=50, top_k=5, num_samples=streams, seed=0)
-        sync()
+        sync(DEVICE)
         start = time.perf_counter()
-        model.generate("Anna", length=2000, top_k=5, num_samples=streams, seed=0)
-        sync()
-        results[f"streams_{streams}_chars_per_sec"] = streams * 2000 / (time.perf_counter() - start)
+        model.generate("Anna", length=length, top_k=5, num_samples=streams, seed=0)
+        sync(DEVICE)
+        results[f"streams_{streams}_chars_per_sec"] = streams * length / (time.perf_counter() - start)
     results["sample"] = model.generate("Anna", length=300, top_k=5, seed=7)
     return results
 
 
 def guarded(name: str, fn: Any, *args: Any) -> Any:
-    print(f"[bench_gpu] {name} ...", file=sys.stderr, flush=True)
+    log(f"[bench_gpu] {name} ...")
     try:
         return fn(*args)
     except Exception as exc:  # one failing measurement must not lose the others
@@ -139,10 +127,14 @@ def guarded(name: str, fn: Any, *args: Any) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=3.0, help="time-to-quality run length")
-    parser.add_argument("--smoke", action="store_true", help="a tiny run on the CPU, to check the script")
+    parser.add_argument("--quick", "--smoke", action="store_true",
+                        help="a tiny run on the CPU, to check the script; writes nothing")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (with --quick)")
+    parser.add_argument("--out-json", type=Path, help="where to write it (default: docs/bench/gpu_h200.json)")
     args = parser.parse_args()
     global DEVICE, SIZE
-    if args.smoke:
+    torch.set_num_threads(args.threads)
+    if args.quick:
         DEVICE, SIZE = "cpu", 256
     elif not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU")
@@ -164,11 +156,11 @@ def main() -> None:
         "seq_len": 100,
         "learning_rate": 0.001,
     }
-    if args.smoke:
+    if args.quick:
         auto = {**auto, "hidden_size": 32, "batch_size": 8, "seq_len": 16}
         tutorial = {**tutorial, "hidden_size": 32, "batch_size": 8, "seq_len": 16}
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)",
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (quick)",
         "torch": torch.__version__,
         "peak_tflops": {
             "fp32_tf32": guarded("peak fp32", matmul_peak_tflops, torch.float32),
@@ -182,17 +174,18 @@ def main() -> None:
         ],
     }
     quality = [
-        guarded("quality fp32", time_to_quality, args.minutes, "fp32"),
-        guarded("quality bf16", time_to_quality, args.minutes, "bf16"),
+        guarded("quality fp32", time_to_quality, args.minutes, "fp32", args.quick),
+        guarded("quality bf16", time_to_quality, args.minutes, "bf16", args.quick),
     ]
     result["time_to_quality"] = quality
     if "checkpoint" in quality[0]:
-        result["sampling"] = guarded("sampling", sampling, quality[0]["checkpoint"])
+        length = 100 if args.quick else 2000
+        result["sampling"] = guarded("sampling", sampling, quality[0]["checkpoint"], length)
     peak = result["peak_tflops"]["bf16"]
     for row in result["throughput"]:
         if "achieved_tflops" in row and isinstance(peak, float) and not math.isnan(peak):
             row["fraction_of_bf16_peak"] = row["achieved_tflops"] / peak
-    print(json.dumps(result, indent=1))
+    write_result(result, "gpu_h200", args.threads, args.quick, args.out_json)
 
 
 if __name__ == "__main__":

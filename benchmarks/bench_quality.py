@@ -1,15 +1,20 @@
 """Time to quality: validation loss against wall time for the tutorial, a small GPT and charlstm.
 
-Runs benchmarks/tutorial_baseline.py, benchmarks/gpt_baseline.py and `charlstm train` with its
-defaults (the auto preset, on the CPU) one after the other, each for --minutes in its own process
-with the same thread count, and collects their (elapsed_s, val_loss) curves. Every curve's
-elapsed_s is wall time since training started and includes validation (and, for charlstm, saving
-checkpoints); process start-up and reading the text are not counted for any of them.
-Progress goes to stderr; one JSON object goes to stdout (and to --out-json); the plot goes to
---plot-out unless --no-plot.
+Runs, one after the other, each in its own process with the same thread count and for --minutes:
+  tutorial       the tutorial's method at its own configuration (benchmarks/tutorial_baseline.py)
+  tutorial_auto  the tutorial's method at the sizes charlstm's auto preset picks for this corpus on a
+                 CPU, validating after as many training characters as the tutorial does
+  gpt            a small transformer with nanoGPT's CPU recipe (benchmarks/gpt_baseline.py)
+  charlstm       `charlstm.train()` with its defaults (the auto preset) on the CPU
+Every method's clock includes its own validation during training; process start-up and reading the
+text are not counted. The reported curve is a full validation pass over the held-out split at the
+same wall-time points for every method (benchmarks/harness.py: weights copied at each point, the copy
+excluded from the clock, scored after training).
+Progress goes to stderr; one JSON object goes to stdout and (not with --quick) docs/bench/quality.json;
+then `python benchmarks/report.py` renders the page and the plot.
 
-    python benchmarks/bench_quality.py                     # 3 x 10 minutes, 2 threads
-    python benchmarks/bench_quality.py --minutes 2 --methods charlstm tutorial
+    python benchmarks/bench_quality.py --minutes 10 --charlstm-minutes 30     # what make bench-quality runs
+    python benchmarks/bench_quality.py --minutes 2 --methods charlstm tutorial_auto
     python benchmarks/bench_quality.py --quick             # smoke test: 20k chars, 20 steps each
 """
 
@@ -17,70 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchutil import HERE, ROOT, bundled_text_light, child_env, log, run_json
+from benchutil import bundled_text_light, log, run_json, set_threads, write_result
 
-METHODS = ("tutorial", "gpt", "charlstm")
+METHODS = ("tutorial", "tutorial_auto", "gpt", "charlstm")
 MILESTONES_MIN = (1, 2, 5, 10, 20, 30)
 TARGET_LOSS = 2.0
-CLI = "import sys, torch; torch.set_num_threads(int(sys.argv[1])); from charlstm.cli import main; " \
-      "sys.exit(main(sys.argv[2:]))"
-
-
-Curve = list[dict[str, Any]]
-
-
-def run_baseline(name: str, args: argparse.Namespace, tmp: Path) -> tuple[Curve, dict[str, Any]]:
-    curve_path = tmp / f"{name}_curve.json"
-    script = HERE / ("tutorial_baseline.py" if name == "tutorial" else "gpt_baseline.py")
-    cmd: list[Any] = [script, "--minutes", args.minutes, "--threads", args.threads, "--seed", args.seed,
-                      "--curve-out", curve_path, *(["--quick"] if args.quick else [])]
-    out = run_json(cmd, args.threads, timeout=args.minutes * 90 + 300)
-    keep = ("steps", "wall_s", "train_chars_per_sec", "val_passes", "val_pass_s", "eval_fraction_of_wall")
-    summary = {k: out.get(k) for k in keep}
-    config = out["config"]
-    summary["params"] = config["params"]
-    if name == "tutorial":
-        summary["label"] = (f"tutorial char-rnn (2x{config['n_hidden']} LSTM, "
-                            f"batch {config['batch_size']}x{config['seq_length']})")
-    else:
-        summary["label"] = f"nanoGPT-style char transformer ({config['n_layer']}x{config['n_embd']})"
-    return json.loads(curve_path.read_text(encoding="utf-8")), summary
-
-
-def run_charlstm(args: argparse.Namespace, tmp: Path) -> tuple[Curve, dict[str, Any]]:
-    out_dir = tmp / "charlstm_run"
-    minutes = method_minutes("charlstm", args)
-    cmd: list[Any] = [sys.executable, "-c", CLI, args.threads, "train", "--out", out_dir, "--device", "cpu",
-                      "--max-time", minutes * 60, "--seed", args.seed]
-    if args.quick:  # the baselines' --quick: 20k characters, 20 steps, validation every 10
-        data = tmp / "quick.txt"
-        data.write_text(bundled_text_light()[:20_000], encoding="utf-8")
-        cmd += [data, "--max-steps", 20, "--eval-interval", 10]
-    proc = subprocess.run([str(c) for c in cmd], stdout=sys.stderr, env=child_env(args.threads), cwd=ROOT,
-                          timeout=minutes * 90 + 300, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"charlstm train exited with {proc.returncode}")
-    lines = (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    saved = json.loads((out_dir / "last" / "config.json").read_text(encoding="utf-8"))
-    training = saved.get("training", {})
-    model, config = saved.get("model", {}), training.get("config", {})
-    label = (f"charlstm defaults (auto: {model.get('num_layers')}x{model.get('hidden_size')} "
-             f"{model.get('cell', '').upper()}, batch {config.get('batch_size')}x{config.get('seq_len')})")
-    summary = {"label": label, "steps": training.get("step"), "wall_s": training.get("elapsed_s"),
-               "train_chars_per_sec": records[-1]["chars_per_sec"] if records else None,
-               "val_passes": len(records), "model": model,
-               "eval_interval_steps": records[0]["step"] if records else None,
-               "config": {k: config.get(k) for k in
-                          ("batch_size", "seq_len", "learning_rate", "lr_patience", "stop_patience")}}
-    return records, summary
+TUTORIAL_CHARS_PER_EVAL = 10 * 100 * 100  # the tutorial validates every 10 steps of 100 x 100
+CURVE_KIND = ("a full validation pass over the held-out split at the same wall-time points for every "
+              "method (scored after training; not in any method's clock)")
+QUICK_STEPS = 20
 
 
 def method_minutes(name: str, args: argparse.Namespace) -> float:
@@ -88,41 +42,118 @@ def method_minutes(name: str, args: argparse.Namespace) -> float:
     return args.charlstm_minutes if name == "charlstm" and args.charlstm_minutes else args.minutes
 
 
-def analyse(curve: Curve, minutes: float) -> dict[str, Any]:
-    points = [{"step": p["step"], "elapsed_s": p["elapsed_s"], "val_loss": p["val_loss"]} for p in curve]
+def load_text(quick: bool) -> str:
+    text = bundled_text_light()
+    return text[:20_000] if quick else text
+
+
+def child_baseline(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    import gpt_baseline
+    import tutorial_baseline
+    from harness import train_for
+
+    from charlstm.presets import auto_options
+
+    text = load_text(args.quick)
+    if name == "gpt":
+        method = gpt_baseline.setup(text, args.seed, 10 if args.quick else 250)
+        shape = f"{method.config['n_layer']}x{method.config['n_embd']}"
+        label = f"small transformer, nanoGPT's CPU recipe ({shape})"
+    else:
+        size = {"hidden": 512, "layers": 2, "batch": 100, "seq": 100, "learning_rate": 0.001, "dropout": 0.5}
+        if name == "tutorial_auto":
+            auto, _ = auto_options(len(text), len(set(text)), "cpu")
+            size = {"hidden": auto["hidden_size"], "layers": auto["num_layers"], "batch": auto["batch_size"],
+                    "seq": auto["seq_len"], "learning_rate": auto["learning_rate"],
+                    "dropout": auto["dropout"]}
+        if args.quick:
+            size.update(hidden=32, batch=8, seq=16)
+        every = 10 if args.quick else max(1, round(TUTORIAL_CHARS_PER_EVAL / (size["batch"] * size["seq"])))
+        method = tutorial_baseline.setup(text, print_every=every, seed=args.seed, **size)
+        where = "at auto's sizes" if name == "tutorial_auto" else "at its own sizes"
+        label = (f"tutorial's method {where} ({size['layers']}x{size['hidden']} LSTM, batch "
+                 f"{size['batch']}x{size['seq']}, lr {size['learning_rate']:g}, validation every "
+                 f"{every} steps)")
+    max_steps = QUICK_STEPS if args.quick else 10**9
+    run = train_for(method, method_minutes(name, args) * 60, max_steps, log)
+    return {"label": label, "config": method.config, **run}
+
+
+def child_charlstm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from harness import Snapshots
+
+    import charlstm
+    from charlstm.trainer import Hooks, Trainer
+
+    seconds = method_minutes("charlstm", args) * 60
+    snapshots = Snapshots(seconds)
+    seen: list[Trainer] = []
+
+    class SnapshotHooks(Hooks):
+        def on_step(self, trainer: Trainer, loss: Any) -> None:
+            if not seen:
+                seen.append(trainer)
+            elapsed = trainer.policy.elapsed() - snapshots.copy_s
+            if snapshots.due(elapsed):
+                snapshots.take(trainer.progress.step, elapsed, trainer.model)
+
+    paths: list[Path] = []
+    options: dict[str, Any] = {}
+    if args.quick:
+        paths = [tmp / "quick.txt"]
+        paths[0].write_text(load_text(True), encoding="utf-8")
+        options = {"max_steps": QUICK_STEPS, "eval_interval": 10}
+    out = charlstm.train(paths, tmp / "run", device="cpu", max_time=seconds, seed=args.seed,
+                         hooks=SnapshotHooks(), **options)
+    trainer = seen[0]
+    progress = trainer.progress
+    snapshots.take(progress.step, trainer.policy.elapsed() - snapshots.copy_s, trainer.model)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    model, config = trainer.model.config, trainer.config
+    chars_per_step = config.batch_size * config.seq_len
+    steps = [0] + [r["step"] for r in records]
+    # Training time alone, from each interval's characters and speed; the rest is validating and saving.
+    intervals = zip(steps, steps[1:], records, strict=False)
+    train_s = sum((b - a) * chars_per_step / r["chars_per_sec"] for a, b, r in intervals)
+    wall = progress.elapsed_s
+    return {
+        "label": (f"charlstm defaults (auto: {model.num_layers}x{model.hidden_size} {model.cell.upper()}, "
+                  f"batch {config.batch_size}x{config.seq_len}, lr {config.learning_rate:g})"),
+        "config": {"model": model.to_dict(), "train": config.to_dict(),
+                   "eval_interval": trainer.eval_interval},
+        "steps": progress.step, "wall_s": round(wall, 3), "train_s": round(train_s, 3),
+        "train_chars_per_sec": round(progress.step * chars_per_step / train_s, 1) if train_s else None,
+        "val_passes": len(records), "eval_fraction_of_wall": round(1 - train_s / wall, 4) if wall else None,
+        "snapshot_copy_s": round(snapshots.copy_s, 4), "params": trainer.model.num_parameters(),
+        "own_curve": [{k: r[k] for k in ("step", "elapsed_s", "train_loss", "val_loss")} for r in records],
+        "curve": snapshots.curve(trainer.model, trainer.evaluate),
+    }  # fmt: skip
+
+
+def analyse(run: dict[str, Any], minutes: float) -> dict[str, Any]:
+    """Milestones read off the full-pass curve: the point taken at each minute mark (the run's last
+    point for the mark that ends it)."""
+    curve = run["curve"]
     at: dict[str, float | None] = {}
     for m in MILESTONES_MIN:
-        before = [p["val_loss"] for p in points if p["elapsed_s"] <= m * 60]
-        at[str(m)] = before[-1] if before and m <= minutes else None
+        found = [p["val_loss"] for p in curve if m * 60 in p["points_s"]]
+        if m == minutes and curve:
+            found = [curve[-1]["val_loss"]]
+        at[str(m)] = found[0] if found else None
+    keep = ("label", "steps", "wall_s", "train_s", "train_chars_per_sec", "val_passes",
+            "eval_fraction_of_wall", "snapshot_copy_s", "params", "config")
     return {
+        "summary": {k: run.get(k) for k in keep},
         "val_loss_at_minutes": at,
-        "time_to_val_2_0_s": next((p["elapsed_s"] for p in points if p["val_loss"] <= TARGET_LOSS), None),
-        "best_val_loss": min((p["val_loss"] for p in points), default=None),
-        "final_val_loss": points[-1]["val_loss"] if points else None,
-        "curve": points,
+        "time_to_val_2_0_s": next((p["elapsed_s"] for p in curve if p["val_loss"] <= TARGET_LOSS), None),
+        "own_time_to_val_2_0_s": next((p["elapsed_s"] for p in run["own_curve"]
+                                       if p["val_loss"] <= TARGET_LOSS), None),
+        "best_val_loss": min((p["val_loss"] for p in curve), default=None),
+        "final_val_loss": curve[-1]["val_loss"] if curve else None,
+        "curve": curve,
+        "own_curve": run["own_curve"],
     }
-
-
-def plot(methods: dict[str, dict[str, Any]], threads: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for data in methods.values():
-        xs, ys = [p["elapsed_s"] / 60 for p in data["curve"]], [p["val_loss"] for p in data["curve"]]
-        ax.plot(xs, ys, marker=".", markersize=3, label=data["summary"]["label"])
-    ax.axhline(TARGET_LOSS, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("wall time (minutes, validation included)")
-    ax.set_ylabel("validation loss (nats/char)")
-    plural = "s" if threads != 1 else ""
-    ax.set_title(f"Time to quality on {os.cpu_count()} CPU cores ({threads} torch thread{plural} each)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def main() -> None:
@@ -132,42 +163,41 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    ap.add_argument("--out-json", type=Path, help="default: docs/time_to_quality.json (none with --quick)")
-    ap.add_argument("--plot-out", type=Path, help="default: docs/time_to_quality.png (none with --quick)")
-    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--out-json", type=Path, help="default: docs/bench/quality.json (none with --quick)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: each method 20 steps on 20k chars (at most 0.5 min); writes no docs/")
+                    help=f"smoke test: each method {QUICK_STEPS} steps of a tiny model on 20k chars")
+    ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
-        args.minutes = min(args.minutes, 0.5)
-        args.charlstm_minutes = None
-    else:
-        args.out_json = args.out_json or ROOT / "docs" / "time_to_quality.json"
-        args.plot_out = args.plot_out or ROOT / "docs" / "time_to_quality.png"
+        args.minutes, args.charlstm_minutes = min(args.minutes, 0.5), None
+    if args.child:
+        set_threads(args.threads)
+        with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
+            if args.child == "charlstm":
+                run = child_charlstm(args, Path(tmp))
+            else:
+                run = child_baseline(args.child, args)
+        print(json.dumps(run))
+        return
 
     methods: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
-        for name in args.methods:
-            log(f"--- {name}: {method_minutes(name, args)} min, {args.threads} threads")
-            if name == "charlstm":
-                curve, summary = run_charlstm(args, Path(tmp))
-            else:
-                curve, summary = run_baseline(name, args, Path(tmp))
-            methods[name] = {"summary": summary, **analyse(curve, method_minutes(name, args))}
-            log(f"{name}: best val {methods[name]['best_val_loss']}, "
-                f"val <= {TARGET_LOSS} at {methods[name]['time_to_val_2_0_s']} s")
-    plotted = None
-    if args.plot_out and not args.no_plot:
-        plot(methods, args.threads, args.plot_out)
-        plotted = str(args.plot_out)
+    for name in args.methods:
+        minutes = method_minutes(name, args)
+        log(f"--- {name}: {minutes} min, {args.threads} threads")
+        cmd: list[Any] = [__file__, "--child", name, "--minutes", args.minutes, "--threads", args.threads,
+                          "--seed", args.seed, *(["--quick"] if args.quick else [])]
+        if args.charlstm_minutes:
+            cmd += ["--charlstm-minutes", args.charlstm_minutes]
+        # The full passes at the wall-time points come after training: allow for them generously.
+        run = run_json(cmd, args.threads, timeout=minutes * 60 * 3 + 600)
+        methods[name] = analyse(run, minutes)
+        log(f"{name}: best val {methods[name]['best_val_loss']}, "
+            f"val <= {TARGET_LOSS} at {methods[name]['time_to_val_2_0_s']} s")
     result = {"config": {"minutes": args.minutes, "charlstm_minutes": method_minutes("charlstm", args),
-                         "threads": args.threads, "seed": args.seed,
-                         "cpu_count": os.cpu_count(), "quick": args.quick, "target_loss": TARGET_LOSS},
-              "methods": methods, "plot": plotted}
-    if args.out_json:
-        args.out_json.parent.mkdir(parents=True, exist_ok=True)
-        args.out_json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(result))
+                         "threads": args.threads, "seed": args.seed, "quick": args.quick,
+                         "target_loss": TARGET_LOSS},
+              "curve_kind": CURVE_KIND, "methods": methods}
+    write_result(result, "quality", args.threads, args.quick and not args.out_json, args.out_json)
 
 
 if __name__ == "__main__":

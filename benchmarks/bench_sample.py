@@ -6,7 +6,7 @@ One stream, top-k 5, 2,000 characters after the prime "Anna"; then 64 streams as
 charlstm. Repeats alternate (charlstm, tutorial, charlstm x 64, ...). The matrix-vector bound is
 the time of the bare per-character products of one stream (h @ W_hh0, x @ W_ih1, h @ W_hh1 and the
 head; the first layer's input product is a table lookup in charlstm's stepper).
-Progress goes to stderr; one JSON object goes to stdout.
+Progress goes to stderr; one JSON object goes to stdout and (not with --quick) docs/bench/sample.json.
 
     python benchmarks/bench_sample.py                 # 5 repeats, 2 threads
     python benchmarks/bench_sample.py --quick         # smoke test: width 128, 200 characters
@@ -15,7 +15,6 @@ Progress goes to stderr; one JSON object goes to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -23,7 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchutil import log, machine, ratio, set_threads, spread
+from benchutil import log, ratio, set_threads, spread, write_result
+from harness import PRIME, TOP_K, alternate
 from tutorial_baseline import CharRNN as TutorialRNN
 from tutorial_baseline import one_hot_encode, sample
 
@@ -33,8 +33,6 @@ from charlstm.data import bundled_text
 from charlstm.model import CharRNN
 from charlstm.stepper import Stepper
 from charlstm.vocab import Vocab
-
-PRIME, TOP_K = "Anna", 5
 
 
 def build_models(vocab: Vocab, hidden: int, seed: int) -> tuple[CharModel, TutorialRNN, float]:
@@ -86,12 +84,6 @@ def stepper_only_s(stepper: Stepper, model: CharRNN, chars: int) -> float:
     return time.perf_counter() - t0
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -118,13 +110,8 @@ def main() -> None:
                                                 seed=args.seed),
     }
     produced = {"charlstm": n, "tutorial": n, "charlstm_batch": n * streams}
-    for fn in runs.values():  # warm-up
-        fn()
-    rates: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.repeats):
-        for name, fn in runs.items():
-            rates[name].append(produced[name] / timed(fn))
-            log(f"repeat {r + 1}/{args.repeats} {name}: {rates[name][-1]:,.0f} chars/s")
+    seconds = alternate(runs, args.repeats, log=log)
+    rates = {name: [produced[name] / s for s in seconds[name]] for name in runs}
 
     stepper = Stepper(ours.model)
     bound = min(matvec_bound_s(ours.model, n) for _ in range(args.repeats))
@@ -136,7 +123,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "config": {"hidden": h, "layers": 2, "vocab_size": v, "chars": n, "prime": PRIME, "top_k": TOP_K,
                    "streams": streams, "repeats": args.repeats, "seed": args.seed, "quick": args.quick,
-                   "same_weights_max_logit_diff": diff, **machine(args.threads)},
+                   "same_weights_max_logit_diff": diff},
         "charlstm": {"chars_per_sec": spread(rates["charlstm"])},
         "tutorial": {"chars_per_sec": spread(rates["tutorial"])},
         "speedup_single_stream": ratio(med["charlstm"], med["tutorial"]),
@@ -154,7 +141,7 @@ def main() -> None:
             "tutorial_fraction_of_bound": ratio(med["tutorial"], bound_rate),
         },
     }
-    print(json.dumps(result))
+    write_result(result, "sample", args.threads, args.quick)
 
 
 if __name__ == "__main__":

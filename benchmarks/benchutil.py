@@ -9,6 +9,7 @@ import lzma
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -92,21 +93,6 @@ def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
     return round(a / b, digits) if a is not None and b else None
 
 
-def matmul_peak_gflops(n: int = 2048, tries: int = 5) -> float:
-    """Best fp32 GFLOP/s of torch.mm(n x n, n x n) at the current thread count."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    torch.mm(a, b, out=out)  # warm-up
-    best = float("inf")
-    for _ in range(tries):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
-
-
 def machine(threads: int) -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "threads": threads, "torch": importlib.metadata.version("torch"),
             "python": platform.python_version(), "machine": platform.machine(),
@@ -132,23 +118,57 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """What a figure needs beside it: the machine, the commit and the date, under 'machine'/'date'."""
+def git_commit() -> str:
+    """The short commit checked out, with "+changes" when the working tree differs from it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    info = {**machine(threads), "cpu": cpu_model(), "cores": os.cpu_count(), "commit": commit}
-    return {"machine": info, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+        return "unknown"
+
+
+def command_line() -> str:
+    """How this process was started, as one would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    name = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+    return shlex.join(["python", name, *sys.argv[1:]])
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What a figure needs beside it: the machine, the commit, the command and the date."""
+    info = {**machine(threads), "cpu": cpu_model(), "cores": os.cpu_count(), "commit": git_commit()}
+    return {"machine": info, "date": time.strftime("%Y-%m-%d"), "command": command_line()}
+
+
+def write_result(result: dict[str, Any], name: str, threads: int, quick: bool, path: Path | None = None
+                 ) -> dict[str, Any]:
+    """Print the result, with where and when it was measured, as one line of JSON; unless `quick`,
+    also write it to `path` (default docs/bench/NAME.json), where benchmarks/report.py reads it."""
+    result = {**result, **machine_info(threads)}
+    if not quick:
+        path = path or ROOT / "docs" / "bench" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        log(f"wrote {path}")
+    print(json.dumps(result))
+    return result
+
+
+def replace_between_markers(text: str, name: str, body: str, where: str = "the page") -> str:
+    """`text` with what lies between `<!-- begin NAME ... -->` and `<!-- end NAME -->` replaced by `body`."""
+    begin, end = f"<!-- begin {name} (generated: do not edit by hand) -->", f"<!-- end {name} -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{where}: no {begin} ... {end} markers to write between")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
 def render_between_markers(path: Path, name: str, body: str) -> None:
     """Replace the text between `<!-- begin NAME -->` and `<!-- end NAME -->` in `path`."""
-    begin, end = f"<!-- begin {name} (generated: do not edit by hand) -->", f"<!-- end {name} -->"
     text = path.read_text(encoding="utf-8")
-    if begin not in text or end not in text:
-        raise SystemExit(f"{path}: no {begin} ... {end} markers to write between")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{body}\n{end}{tail}", encoding="utf-8")
+    path.write_text(replace_between_markers(text, name, body, str(path)), encoding="utf-8")

@@ -1,12 +1,17 @@
-"""Yardstick: a small character-level transformer with nanoGPT's shakespeare_char CPU settings.
+"""Yardstick: a small character-level transformer with nanoGPT's shakespeare_char recipe for a CPU.
 
-n_layer 4, n_head 4, n_embd 128, context 64, batch 12 random windows, AdamW lr 1e-3 betas (0.9, 0.99),
-weight decay 0.1 on 2-D weights only, no dropout, grad clip 1.0, constant lr; pre-LN blocks, causal
-scaled_dot_product_attention, GELU MLP, tied embeddings, learned positions, no biases (nanoGPT's bias=False).
-Validation is a full pass over the last 10% of the text in non-overlapping 64-char windows.
+n_layer 4, n_head 4, n_embd 128, context 64, batch 12 random windows, AdamW peak lr 1e-3 betas (0.9, 0.99),
+weight decay 0.1 on 2-D weights only, no dropout, grad clip 1.0; the learning rate warms up linearly over
+100 steps, then decays on a cosine to a tenth of the peak over the run's expected length (--max-steps or
+--minutes, whichever ends it first); pre-LN blocks, causal scaled_dot_product_attention, GELU MLP, tied
+embeddings, learned positions, no biases (nanoGPT's bias=False).
+During training, validation is estimated every --eval-interval steps (nanoGPT's 250) on a fixed random
+subset of validation windows, sized at set-up so that it costs about --eval-share of the wall time
+(charlstm's default schedule's share); `evaluate` is a full pass over the last 10% of the text in
+non-overlapping 64-char windows. Set up as a harness method (benchmarks/harness.py).
 Progress goes to stderr; one JSON object goes to stdout at the end.
 
-    python benchmarks/gpt_baseline.py --minutes 10 --threads 2 --curve-out curve.json
+    python benchmarks/gpt_baseline.py --minutes 10 --threads 2
     python benchmarks/gpt_baseline.py --quick      # smoke test, a few seconds
 """
 
@@ -15,19 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from benchutil import log, peak_rss_bytes
+from harness import EVAL_SHARE, PRIME, TOP_K, Method, split_text, train_for
 from torch import nn
 
 from charlstm.data import bundled_text
+
+N_LAYER, N_HEAD, N_EMBD, BLOCK, BATCH = 4, 4, 128, 64, 12
+PEAK_LR, BETAS, WEIGHT_DECAY, GRAD_CLIP = 1e-3, (0.9, 0.99), 0.1, 1.0
+WARMUP_STEPS, MIN_LR_FRACTION = 100, 0.1
 
 
 class CausalSelfAttention(nn.Module):
@@ -73,26 +81,115 @@ class GPT(nn.Module):
                 residual = name.endswith(("attn.c_proj.weight", "mlp.2.weight"))
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer) if residual else 0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def logits(self, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))
+        return self.lm_head(self.ln_f(x))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        logits = self.logits(idx)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 
 
 @torch.no_grad()
-def validate(model: GPT, val: torch.Tensor, block: int, windows_per_forward: int = 256) -> float:
-    """Mean loss (nats/char) over every non-overlapping window of the validation split."""
+def mean_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, windows_per_forward: int = 256) -> float:
+    """Mean loss (nats/char) over the windows (rows) of x and y."""
     model.eval()
-    n = (len(val) - 1) // block
-    x, y = val[: n * block].view(n, block), val[1 : n * block + 1].view(n, block)
     total = 0.0
-    for i in range(0, n, windows_per_forward):
+    for i in range(0, len(x), windows_per_forward):
         total += model(x[i : i + windows_per_forward], y[i : i + windows_per_forward], reduction="sum").item()
     model.train()
-    return total / (n * block)
+    return total / y.numel()
+
+
+def learning_rate(step: int, progress: float, warmup_end: float) -> float:
+    """nanoGPT's schedule: linear warm-up, then cosine to a tenth of the peak at the run's end;
+    `progress` is the fraction of the run done, `warmup_end` the fraction done when warm-up ended."""
+    if step < WARMUP_STEPS:
+        return PEAK_LR * (step + 1) / (WARMUP_STEPS + 1)
+    ratio = min(1.0, max(0.0, (progress - warmup_end) / max(1e-9, 1 - warmup_end)))
+    min_lr = PEAK_LR * MIN_LR_FRACTION
+    return min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (PEAK_LR - min_lr)
+
+
+def subset_windows(model: GPT, train: torch.Tensor, val_x: torch.Tensor, eval_interval: int, share: float,
+                   gen: torch.Generator) -> int:
+    """How many validation windows cost about `share` of the wall time when scored every
+    `eval_interval` steps: times a training step (forward and backward, no update) and scoring."""
+    offsets = torch.arange(BLOCK)
+    step_s, window_s = [], []
+    for _ in range(3):
+        ix = torch.randint(len(train) - BLOCK, (BATCH,), generator=gen)
+        t0 = time.perf_counter()
+        model(train[ix[:, None] + offsets], train[ix[:, None] + offsets + 1]).backward()
+        step_s.append(time.perf_counter() - t0)
+        model.zero_grad(set_to_none=True)
+        probe = val_x[: min(len(val_x), 256)]
+        t0 = time.perf_counter()
+        mean_loss(model, probe, probe)
+        window_s.append((time.perf_counter() - t0) / len(probe))
+    cost = share / (1 - share) * eval_interval * statistics.median(step_s)
+    return max(BATCH, min(len(val_x), round(cost / statistics.median(window_s))))
+
+
+def setup(text: str, seed: int = 1, eval_interval: int = 250, eval_share: float = EVAL_SHARE,
+          val_windows: int | None = None) -> Method:
+    """The transformer on the text's first 90%, validated on the rest, as a harness method."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    chars, train_ids, val_ids = split_text(text)
+    train, val = torch.from_numpy(train_ids), torch.from_numpy(val_ids)
+    n = (len(val) - 1) // BLOCK  # every non-overlapping window: the full pass
+    full_x, full_y = val[: n * BLOCK].view(n, BLOCK), val[1 : n * BLOCK + 1].view(n, BLOCK)
+    model = GPT(len(chars), BLOCK, N_LAYER, N_HEAD, N_EMBD)
+    params = list(model.parameters())  # the tied weight appears once
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=PEAK_LR, betas=BETAS)
+    windows = val_windows or subset_windows(model, train, full_x, eval_interval, eval_share, gen)
+    # A fixed random subset of windows (random offsets, as nanoGPT's get_batch), drawn once.
+    pick = torch.randint(len(val) - BLOCK - 1, (windows,), generator=torch.Generator().manual_seed(seed + 1))
+    offsets = torch.arange(BLOCK)
+    sub_x, sub_y = val[pick[:, None] + offsets], val[pick[:, None] + offsets + 1]
+    done = {"steps": 0, "warmup_end": 0.0}
+
+    def step(progress: float) -> torch.Tensor:
+        if done["steps"] == WARMUP_STEPS:
+            done["warmup_end"] = progress
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(done["steps"], progress, done["warmup_end"])
+        ix = torch.randint(len(train) - BLOCK, (BATCH,), generator=gen)
+        loss = model(train[ix[:, None] + offsets], train[ix[:, None] + offsets + 1])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        done["steps"] += 1
+        return loss.detach()
+
+    @torch.no_grad()
+    def sample(length: int) -> str:
+        model.eval()
+        index = {ch: i for i, ch in enumerate(chars)}
+        idx = torch.tensor([[index[c] for c in PRIME if c in index] or [0]])
+        draw = torch.Generator().manual_seed(seed)
+        for _ in range(length):
+            top = model.logits(idx[:, -BLOCK:])[0, -1].topk(TOP_K)
+            choice = torch.multinomial(F.softmax(top.values, dim=-1), 1, generator=draw)
+            idx = torch.cat([idx, top.indices[choice].view(1, 1)], dim=1)
+        model.train()
+        return "".join(chars[i] for i in idx[0].tolist())
+
+    config = {"impl": "nanoGPT-style char transformer", "vocab_size": len(chars), "n_layer": N_LAYER,
+              "n_head": N_HEAD, "n_embd": N_EMBD, "block_size": BLOCK, "batch_size": BATCH, "lr": PEAK_LR,
+              "min_lr": PEAK_LR * MIN_LR_FRACTION, "warmup_steps": WARMUP_STEPS, "lr_decay": "cosine",
+              "betas": BETAS, "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP, "dropout": 0.0,
+              "val_frac": 0.1, "eval_interval": eval_interval, "eval_share_target": eval_share,
+              "val_subset_windows": windows, "val_full_windows": n, "seed": seed}
+    return Method("gpt", step, lambda: mean_loss(model, full_x, full_y), sample, model, BATCH * BLOCK,
+                  lambda: mean_loss(model, sub_x, sub_y), eval_interval, None, config)
 
 
 def main() -> None:
@@ -102,100 +199,29 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=10**9)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--eval-interval", type=int, default=250, help="validate every N steps and at the end")
+    ap.add_argument("--eval-interval", type=int, default=250, help="estimate the val loss every N steps")
+    ap.add_argument("--eval-share", type=float, default=EVAL_SHARE,
+                    help="share of wall time the estimate should cost (sizes the subset)")
+    ap.add_argument("--val-windows", type=int, help="windows in the subset (default: sized by --eval-share)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 20k chars, 20 steps, eval every 10, 1 thread unless --threads")
-    ap.add_argument("--curve-out", type=Path, help="also write the list of eval points here as JSON")
+                    help="smoke test: 20k chars, 20 steps, estimate every 10, 1 thread unless --threads")
     args = ap.parse_args()
     if args.quick:
         args.threads = args.threads or 1
         args.max_steps, args.eval_interval = min(args.max_steps, 20), 10
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    n_layer, n_head, n_embd, block, batch = 4, 4, 128, 64, 12
-    lr, betas, weight_decay, grad_clip = 1e-3, (0.9, 0.99), 0.1, 1.0
-
     text = args.data.read_text(encoding="utf-8") if args.data else bundled_text()
     if args.quick:
         text = text[:20_000]
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = torch.from_numpy(np.array([stoi[ch] for ch in text], dtype=np.int64))
-    split = int(len(data) * 0.9)
-    train, val = data[:split], data[split:]
-
-    model = GPT(len(chars), block, n_layer, n_head, n_embd)
-    params = list(model.parameters())  # the tied weight appears once
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=lr, betas=betas)
-    offsets = torch.arange(block)
-
-    step_times: list[float] = []
-    eval_times: list[float] = []
-    curve: list[dict[str, Any]] = []
-    step = 0
-    loss = torch.tensor(float("nan"))
-
-    def evaluate() -> None:
-        tv = time.perf_counter()
-        val_loss = validate(model, val, block)
-        now = time.perf_counter()
-        eval_times.append(now - tv)
-        curve.append({"step": step, "elapsed_s": round(now - t_start, 3),
-                      "train_loss": round(loss.item(), 4), "val_loss": round(val_loss, 4)})
-        print(f"step {step} {now - t_start:7.1f}s loss {loss.item():.4f} val {val_loss:.4f} "
-              f"(eval {now - tv:.2f}s)", file=sys.stderr)
-
-    t_start = time.perf_counter()
-    deadline = t_start + args.minutes * 60
-    while step < args.max_steps and time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        ix = torch.randint(len(train) - block, (batch,), generator=gen)
-        x, y = train[ix[:, None] + offsets], train[ix[:, None] + offsets + 1]
-        loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        step += 1
-        step_times.append(time.perf_counter() - t0)
-        if step % args.eval_interval == 0:
-            evaluate()
-    if step and (not curve or curve[-1]["step"] != step):
-        evaluate()
-    wall = time.perf_counter() - t_start
-    train_s = wall - sum(eval_times)
-
-    config = {
-        "impl": "nanoGPT-style char transformer", "data": str(args.data or "bundled: Anna Karenina"),
-        "text_chars": len(text), "vocab_size": len(chars), "params": sum(p.numel() for p in params),
-        "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block, "batch_size": batch,
-        "lr": lr, "betas": betas, "weight_decay": weight_decay, "grad_clip": grad_clip, "dropout": 0.0,
-        "val_frac": 0.1, "eval_interval": args.eval_interval, "minutes": args.minutes,
-        "max_steps": args.max_steps, "seed": args.seed, "quick": args.quick,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-    }
-    result = {
-        "config": config,
-        "steps": step,
-        "wall_s": round(wall, 3),
-        "train_s": round(train_s, 3),
-        "train_chars_per_sec": round(step * batch * block / train_s, 1) if step else None,
-        "mean_step_s": round(statistics.fmean(step_times), 5) if step_times else None,
-        "median_step_s": round(statistics.median(step_times), 5) if step_times else None,
-        "val_passes": len(eval_times),
-        "val_pass_s": round(statistics.fmean(eval_times), 3) if eval_times else None,
-        "eval_fraction_of_wall": round(sum(eval_times) / wall, 4) if wall > 0 else None,
-        "curve": curve,
-        "final_val_loss": curve[-1]["val_loss"] if curve else None,
-        "time_to_val_2_0_s": next((p["elapsed_s"] for p in curve if p["val_loss"] <= 2.0), None),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-    if args.curve_out:
-        args.curve_out.write_text(json.dumps(curve, indent=1) + "\n", encoding="utf-8")
+    method = setup(text, args.seed, args.eval_interval, args.eval_share, args.val_windows)
+    result: dict[str, Any] = {"config": {**method.config, "data": str(args.data or "bundled: Anna Karenina"),
+                                         "text_chars": len(text), "params": method.params,
+                                         "minutes": args.minutes, "max_steps": args.max_steps,
+                                         "quick": args.quick, "threads": torch.get_num_threads()}}
+    result.update(train_for(method, args.minutes * 60, args.max_steps, log))
+    result["sample_head"] = method.sample(80)
+    result["peak_rss_mb"] = round(peak_rss_bytes() / 2**20, 1)
     print(json.dumps(result))
 
 

@@ -15,8 +15,10 @@ timeout 120 torchrun --standalone --nproc-per-node 1 -m charlstm train /tmp/smal
 tail -n 1 /tmp/ddp_gpu/metrics.jsonl
 python3 -m charlstm sample /tmp/ddp_gpu --length 80 --seed 1
 echo "== benchmark"
-timeout 420 python3 benchmarks/bench_gpu.py --minutes "${MINUTES:-1.5}" > "$OUT/bench_gpu.json" 2> "$OUT/bench_gpu.err"
-echo "bench_gpu exit $?"; tail -n 5 "$OUT/bench_gpu.err"
+timeout 420 python3 benchmarks/bench_gpu.py --minutes "${MINUTES:-1.5}" --out-json "$OUT/gpu_h200.json" \
+    > "$OUT/bench_gpu.json" 2> "$OUT/bench_gpu.err"
+echo "bench_gpu exit $?  (copy \$OUT/gpu_h200.json to docs/bench/, then run python benchmarks/report.py)"
+tail -n 5 "$OUT/bench_gpu.err"
 python3 - "$OUT/bench_gpu.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

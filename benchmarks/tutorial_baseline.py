@@ -2,10 +2,12 @@
 
 A faithful re-implementation of the tutorial's code paths (numpy one-hot per batch, its get_batches
 generator, CharRNN, its train loop with a full validation pass every 10 steps *without* torch.no_grad, and
-its per-character predict/sample), instrumented to measure speed and the validation curve.
+its per-character predict/sample), set up as a harness method (benchmarks/harness.py) to measure speed
+and the validation curve. Its sizes are flags, so the same method also runs at other configurations
+(e.g. the auto preset's: --hidden-size 256 --batch-size 32 --seq-len 64 --learning-rate 0.003 --dropout 0).
 Progress goes to stderr; one JSON object goes to stdout at the end.
 
-    python benchmarks/tutorial_baseline.py --minutes 10 --threads 2 --curve-out curve.json
+    python benchmarks/tutorial_baseline.py --minutes 10 --threads 2
     python benchmarks/tutorial_baseline.py --sample-only        # sampling speed with random weights
     python benchmarks/tutorial_baseline.py --quick              # smoke test, a few seconds
 """
@@ -14,18 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import sys
 import time
 from collections.abc import Iterator
-from itertools import count
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from benchutil import log, peak_rss_bytes
+from harness import PRIME, TOP_K, Method, lstm_flops_per_char, split_text, train_for
 from torch import nn
 
 from charlstm.data import bundled_text
@@ -138,67 +139,54 @@ def train_step(net: CharRNN, opt: torch.optim.Optimizer, criterion: nn.Module, x
     return loss, h
 
 
-def encode_text(text: str) -> tuple[tuple[str, ...], np.ndarray]:
-    """The tutorial's vocabulary and int array (sorted rather than set order; see main)."""
-    chars = tuple(sorted(set(text)))
-    char2int = {ch: ii for ii, ch in enumerate(chars)}
-    return chars, np.array([char2int[ch] for ch in text])
-
-
-def train(net: CharRNN, data: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    bs, sl = args.batch_size, args.seq_length
-    net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=0.001)
-    criterion = nn.CrossEntropyLoss()
-    val_idx = int(len(data) * (1 - 0.1))
-    data, val_data = data[:val_idx], data[val_idx:]
-    if len(data) < bs * sl or len(val_data) < bs * sl:
+def setup(text: str, hidden: int = 512, layers: int = 2, batch: int = 100, seq: int = 100,
+          learning_rate: float = 0.001, dropout: float = 0.5, print_every: int = 10, seed: int = 1) -> Method:
+    """The tutorial's method on the text's first 90%, validated on the rest, as a harness method."""
+    # The tutorial uses tuple(set(text)), whose order changes from run to run (string hashing is
+    # randomised); sorting makes runs reproducible. Only the id assignment differs.
+    chars, data, val_data = split_text(text)
+    if len(data) < batch * seq or len(val_data) < batch * seq:
         sys.exit("text too short for one training and one validation batch")
-    step_times: list[float] = []
-    val_times: list[float] = []
-    curve: list[dict[str, Any]] = []
-    counter = 0
-    t_start = time.perf_counter()
-    deadline = t_start + args.minutes * 60
-    done = False
-    for epoch in count(1):
-        h = net.init_hidden(bs)  # the tutorial resets the hidden state at each epoch
-        for x, y in get_batches(data, bs, sl):
-            done = counter >= args.max_steps or time.perf_counter() >= deadline
-            if done:
-                break
-            t0 = time.perf_counter()
-            counter += 1
-            loss, h = train_step(net, opt, criterion, x, y, h)
-            step_times.append(time.perf_counter() - t0)
-            if counter % args.print_every == 0:
-                tv = time.perf_counter()
-                val_loss = validate(net, val_data, bs, sl, criterion)
-                now = time.perf_counter()
-                val_times.append(now - tv)
-                curve.append({"step": counter, "epoch": epoch, "elapsed_s": round(now - t_start, 3),
-                              "train_loss": round(loss.item(), 4), "val_loss": round(val_loss, 4)})
-                print(f"step {counter} epoch {epoch} {now - t_start:7.1f}s loss {loss.item():.4f} "
-                      f"val {val_loss:.4f} (val pass {now - tv:.2f}s)", file=sys.stderr)
-        if done:
-            break
-    wall = time.perf_counter() - t_start
-    train_s = wall - sum(val_times)
-    return {
-        "steps": counter,
-        "wall_s": round(wall, 3),
-        "train_s": round(train_s, 3),
-        "train_chars_per_sec": round(counter * bs * sl / train_s, 1) if counter else None,
-        "mean_step_s": round(statistics.fmean(step_times), 4) if step_times else None,
-        "median_step_s": round(statistics.median(step_times), 4) if step_times else None,
-        "val_passes": len(val_times),
-        "val_pass_s": round(statistics.fmean(val_times), 3) if val_times else None,
-        "eval_fraction_of_wall": round(sum(val_times) / wall, 4) if wall > 0 else None,
-        "curve": curve,
-        "final_val_loss": curve[-1]["val_loss"] if curve else None,
-        "val_loss_at": {str(p["step"]): p["val_loss"] for p in curve if p["step"] in (100, 200)},
-        "time_to_val_2_0_s": next((p["elapsed_s"] for p in curve if p["val_loss"] <= 2.0), None),
-    }
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    net = CharRNN(chars, n_hidden=hidden, n_layers=layers, drop_prob=dropout)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    criterion = nn.CrossEntropyLoss()
+
+    def windows() -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+        while True:  # epochs; the tutorial resets the hidden state at each
+            for i, (x, y) in enumerate(get_batches(data, batch, seq)):
+                yield x, y, i == 0
+
+    source, hidden_state = windows(), [net.init_hidden(batch)]
+
+    def step(progress: float) -> torch.Tensor:
+        x, y, new_epoch = next(source)
+        if new_epoch:
+            hidden_state[0] = net.init_hidden(batch)
+        loss, hidden_state[0] = train_step(net, opt, criterion, x, y, hidden_state[0])
+        return loss.detach()
+
+    def own_eval() -> float:
+        return validate(net, val_data, batch, seq, criterion)  # as the tutorial: no torch.no_grad
+
+    @torch.no_grad()
+    def evaluate() -> float:  # the same pass and value; no_grad only saves the reporting its time
+        value = validate(net, val_data, batch, seq, criterion)
+        net.train()
+        return value
+
+    def sample_text(n: int) -> str:
+        text_out = sample(net, n, prime=PRIME, top_k=TOP_K)
+        net.train()
+        return text_out
+
+    config = {"impl": "udacity char-rnn tutorial", "vocab_size": len(chars), "n_hidden": hidden,
+              "n_layers": layers, "drop_prob": dropout, "lr": learning_rate, "clip": 5, "val_frac": 0.1,
+              "batch_size": batch, "seq_length": seq, "print_every": print_every, "seed": seed}
+    return Method("tutorial", step, evaluate, sample_text, net, batch * seq, own_eval, print_every,
+                  lstm_flops_per_char(len(chars), hidden, len(chars), layers), config)
 
 
 def main() -> None:
@@ -208,58 +196,45 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=10**9)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=100, help="the published notebook uses 128")
-    ap.add_argument("--seq-length", type=int, default=100)
-    ap.add_argument("--hidden", type=int, help="LSTM width (default 512; 128 with --quick)")
+    ap.add_argument("--hidden-size", type=int, help="LSTM width (default 512; 128 with --quick)")
+    ap.add_argument("--num-layers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, help="default 100 (the notebook: 128); 10 with --quick")
+    ap.add_argument("--seq-len", type=int, help="default 100; 50 with --quick")
+    ap.add_argument("--learning-rate", type=float, default=0.001)
+    ap.add_argument("--dropout", type=float, default=0.5)
     ap.add_argument("--print-every", type=int, default=10, help="validation pass every N steps")
     ap.add_argument("--sample-chars", type=int, default=2000)
     ap.add_argument("--sample-only", action="store_true", help="skip training; time sampling, random weights")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 20k chars, width 128, batch 10x50, 20 steps, 100 samples, 1 thread")
-    ap.add_argument("--curve-out", type=Path, help="also write the list of eval points here as JSON")
+                    help="smoke test: 20k chars, 20 steps, 100 samples, 1 thread; unless given, width 128, "
+                    "batch 10x50")
     args = ap.parse_args()
     if args.quick:  # one thread unless told: two OpenMP threads on a busy 2-core box can be 10x slower
         args.threads = args.threads or 1
-        args.hidden = args.hidden or 128
-        args.batch_size, args.seq_length, args.max_steps = 10, 50, min(args.max_steps, 20)
+        args.hidden_size, args.batch_size = args.hidden_size or 128, args.batch_size or 10
+        args.seq_len, args.max_steps = args.seq_len or 50, min(args.max_steps, 20)
         args.sample_chars = min(args.sample_chars, 100)
-    args.hidden = args.hidden or 512
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-
     text = args.data.read_text(encoding="utf-8") if args.data else bundled_text()
     if args.quick:
         text = text[:20_000]
-    # The tutorial uses tuple(set(text)), whose order changes from run to run (string hashing is randomised);
-    # we sort it so runs are reproducible. Only the id assignment differs; nothing else depends on it.
-    chars, encoded = encode_text(text)
-
-    net = CharRNN(chars, n_hidden=args.hidden, n_layers=2, drop_prob=0.5)
-    config = {
-        "impl": "udacity char-rnn tutorial", "data": str(args.data or "bundled: Anna Karenina"),
-        "text_chars": len(text), "vocab_size": len(chars), "params": sum(p.numel() for p in net.parameters()),
-        "n_hidden": args.hidden, "n_layers": 2, "drop_prob": 0.5, "lr": 0.001, "clip": 5, "val_frac": 0.1,
-        "batch_size": args.batch_size, "seq_length": args.seq_length, "print_every": args.print_every,
-        "minutes": args.minutes, "max_steps": args.max_steps, "seed": args.seed, "quick": args.quick,
-        "sample_only": args.sample_only, "threads": torch.get_num_threads(), "torch": torch.__version__,
-    }
-    result: dict[str, Any] = {"config": config}
-    result.update(train(net, encoded, args) if not args.sample_only else {"steps": 0, "curve": []})
-
-    prime, top_k = "Anna", 5  # timed: len(prime) + sample_chars forward passes, one char each
-    t0 = time.perf_counter()
-    text_out = sample(net, args.sample_chars, prime=prime, top_k=top_k)
+    method = setup(text, args.hidden_size or 512, args.num_layers, args.batch_size or 100,
+                   args.seq_len or 100, args.learning_rate, args.dropout, args.print_every, args.seed)
+    result: dict[str, Any] = {"config": {**method.config, "data": str(args.data or "bundled: Anna Karenina"),
+                                         "text_chars": len(text), "params": method.params,
+                                         "minutes": args.minutes, "max_steps": args.max_steps,
+                                         "quick": args.quick, "threads": torch.get_num_threads()}}
+    if not args.sample_only:
+        result.update(train_for(method, args.minutes * 60, args.max_steps, log))
+    t0 = time.perf_counter()  # timed: len(prime) + sample_chars forward passes, one char each
+    text_out = method.sample(args.sample_chars)
     sample_s = time.perf_counter() - t0
     result.update({
-        "sample_chars": args.sample_chars, "sample_prime": prime, "sample_top_k": top_k,
+        "sample_chars": args.sample_chars, "sample_prime": PRIME, "sample_top_k": TOP_K,
         "sample_s": round(sample_s, 3), "sample_chars_per_sec": round(args.sample_chars / sample_s, 1),
-        "sample_head": text_out[:160],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    })
-    if args.curve_out:
-        args.curve_out.write_text(json.dumps(result["curve"], indent=1) + "\n", encoding="utf-8")
+        "sample_head": text_out[:160], "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+    })  # fmt: skip
     print(json.dumps(result))
 
 

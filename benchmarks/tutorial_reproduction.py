@@ -41,7 +41,7 @@ def train(out: Path, extra: list[str], steps: int, eval_interval: int, quick: bo
     if quick:
         command += ["--hidden-size", "32", "--batch-size", "8", "--seq-len", "16"]
     log("running: " + " ".join(command[2:]))
-    subprocess.run(command, check=True, env=child_env(1), cwd=ROOT)
+    subprocess.run(command, check=True, env=child_env(1), cwd=ROOT, stdout=sys.stderr)  # stdout: the JSON
     lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 

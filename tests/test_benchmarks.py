@@ -1,9 +1,12 @@
-"""Smoke tests of benchmarks/bench_*.py: each runs with --quick and prints one JSON object with the
-expected keys. No timing is asserted: the numbers depend on the machine and its load."""
+"""Smoke tests of benchmarks/*.py: each script runs with --quick and prints one JSON object with the
+expected keys and its provenance; report.py's rendering must match docs/benchmarks.md. No timing is
+asserted: the numbers depend on the machine and its load."""
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +15,16 @@ from typing import Any
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+DOCS = BENCHMARKS.parent / "docs"
+sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other as top-level modules
+
+import gpt_baseline  # noqa: E402  (after the path is set)
+from harness import Snapshots, alternate  # noqa: E402
 
 
-def run_quick(script: str, *extra: str) -> dict[str, Any]:
+def run_quick(script: str, *extra: str, threads: bool = True) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick", "--threads", "1", *extra],
+        [sys.executable, str(BENCHMARKS / script), "--quick", *(["--threads", "1"] * threads), *extra],
         capture_output=True,
         text=True,
         timeout=180,
@@ -81,17 +89,144 @@ def test_bench_data_quick():
     } <= result.keys()
 
 
+def assert_provenance(result: dict[str, Any], script: str) -> None:
+    assert {"cpu", "cores", "threads", "torch", "commit"} <= result["machine"].keys()
+    assert result["command"].startswith(f"python benchmarks/{script} --quick")
+    assert len(result["date"]) == 10
+
+
 @pytest.mark.slow
-def test_bench_quality_quick(tmp_path: Path):
-    out_json, plot = tmp_path / "q.json", tmp_path / "q.png"
-    result = run_quick("bench_quality.py", "--out-json", str(out_json), "--plot-out", str(plot))
+def test_bench_quality_quick_runs_all_four_methods_and_report_renders_it(tmp_path: Path):
+    out_json = tmp_path / "quality.json"
+    result = run_quick("bench_quality.py", "--out-json", str(out_json))
     assert json.loads(out_json.read_text(encoding="utf-8")) == result
-    assert plot.stat().st_size > 0
-    assert set(result["methods"]) == {"tutorial", "gpt", "charlstm"}
+    assert_provenance(result, "bench_quality.py")
+    assert list(result["methods"]) == ["tutorial", "tutorial_auto", "gpt", "charlstm"]
     for entry in result["methods"].values():
         assert entry["curve"] and {"step", "elapsed_s", "val_loss"} <= entry["curve"][0].keys()
+        assert entry["curve"][-1]["step"] == entry["summary"]["steps"] == 20
         assert set(entry["val_loss_at_minutes"]) == {"1", "2", "5", "10", "20", "30"}
-        assert {"time_to_val_2_0_s", "best_val_loss", "summary"} <= entry.keys()
+        assert len(entry["own_curve"]) == 2  # validation every 10 of the 20 steps
+        assert 0 < entry["summary"]["eval_fraction_of_wall"] < 1
+    assert result["methods"]["charlstm"]["summary"]["config"]["eval_interval"] == 10
+    # report.py renders the new format: every method's label lands in the page's table
+    bench = tmp_path / "bench"
+    shutil.copytree(DOCS / "bench", bench)
+    out_json.replace(bench / "quality.json")
+    page = tmp_path / "page.md"
+    shutil.copy(DOCS / "benchmarks.md", page)
+    proc = run_report("--bench", str(bench), "--page", str(page))
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text(encoding="utf-8")
+    for entry in result["methods"].values():
+        assert entry["summary"]["label"] in text
+    assert (bench / "time_to_quality.png").stat().st_size > 0
+    assert run_report("--check", "--bench", str(bench), "--page", str(page)).returncode == 0
+
+
+@pytest.mark.slow
+def test_tutorial_baseline_quick_takes_its_sizes_as_flags():
+    flags = ["--hidden-size", "24", "--num-layers", "1", "--batch-size", "4", "--seq-len", "8",
+             "--learning-rate", "0.01", "--dropout", "0", "--print-every", "5"]
+    result = run_quick("tutorial_baseline.py", *flags)
+    config = result["config"]
+    sizes = (config["n_hidden"], config["n_layers"], config["batch_size"], config["seq_length"])
+    assert sizes == (24, 1, 4, 8) and (config["lr"], config["drop_prob"]) == (0.01, 0.0)
+    assert config["params"] == 4 * 24 * (62 + 24 + 2) + 24 * 62 + 62  # one LSTM layer on one-hot, the head
+    assert [p["step"] for p in result["own_curve"]] == [5, 10, 15, 20]
+    assert result["curve"][-1]["step"] == result["steps"] == 20
+    assert result["sample_chars_per_sec"] > 0
+
+
+@pytest.mark.slow
+def test_gpt_baseline_quick():
+    result = run_quick("gpt_baseline.py")
+    config = result["config"]
+    assert config["warmup_steps"] == 100 and config["min_lr"] == pytest.approx(config["lr"] / 10)
+    assert config["betas"] == [0.9, 0.99]
+    assert 12 <= config["val_subset_windows"] <= config["val_full_windows"]
+    assert [p["step"] for p in result["own_curve"]] == [10, 20]
+    assert result["curve"][-1]["step"] == 20
+
+
+@pytest.mark.slow
+def test_bench_ddp_quick_agrees_on_the_losses():
+    result = run_quick("bench_ddp.py", threads=False)
+    assert_provenance(result, "bench_ddp.py")
+    assert result["val_loss"]["1x2"] == pytest.approx(result["val_loss"]["2x1"], abs=1e-4)
+    assert result["chars_per_sec"]["2x1"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_bench_gpu_quick_runs_every_measurement_on_the_cpu():
+    result = run_quick("bench_gpu.py")
+    assert result["device"] == "cpu (quick)"
+    failed = [row for row in [*result["throughput"], *result["time_to_quality"]] if "error" in row]
+    assert not failed, failed
+    assert all(row["achieved_tflops"] > 0 for row in result["throughput"])
+    assert result["sampling"]["streams_64_chars_per_sec"] > 0
+
+
+@pytest.mark.slow
+def test_tutorial_reproduction_quick():
+    result = run_quick("tutorial_reproduction.py", "--runs", "tutorial")
+    assert result["runs"] == ["tutorial"]
+    assert 0 < result["last"]["tutorial"] < 5
+    assert "| published log | charlstm --preset tutorial (exact) |" in result["table"]
+
+
+def test_gpt_learning_rate_warms_up_then_decays_to_a_tenth_by_the_end():
+    peak = gpt_baseline.PEAK_LR
+    warmup = [gpt_baseline.learning_rate(step, 0.0, 0.0) for step in range(gpt_baseline.WARMUP_STEPS)]
+    assert warmup == sorted(warmup) and warmup[0] < peak / 50 and warmup[-1] < peak
+    after = [gpt_baseline.learning_rate(gpt_baseline.WARMUP_STEPS, p, 0.2) for p in (0.2, 0.6, 1.0)]
+    assert after[0] == pytest.approx(peak)
+    assert after[1] == pytest.approx(peak * (0.1 + 0.9 * 0.5))  # half-way down the cosine
+    assert after[2] == pytest.approx(peak / 10)
+
+
+def test_snapshots_score_the_weights_held_at_each_wall_time_point():
+    import torch
+
+    module = torch.nn.Linear(1, 1, bias=False)
+    snapshots = Snapshots(budget_s=12)
+    for elapsed, weight in ((4.0, 1.0), (5.5, 2.0), (11.0, 3.0), (12.5, 4.0)):
+        with torch.no_grad():
+            module.weight.fill_(weight)
+        if snapshots.due(elapsed):
+            snapshots.take(int(weight), elapsed, module)
+    snapshots.take(5, 13.0, module)
+    curve = snapshots.curve(module, lambda: module.weight.item())
+    assert [(p["points_s"], p["val_loss"]) for p in curve] == [([5], 2.0), ([10], 3.0), ([], 4.0)]
+    assert module.weight.item() == 4.0  # the last weights come back
+
+
+def test_alternate_times_the_methods_in_turn():
+    calls: list[str] = []
+    seconds = alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # a warm-up call each, then A, B, A, B, ...
+    assert all(len(v) == 3 and all(t >= 0 and math.isfinite(t) for t in v) for v in seconds.values())
+
+
+def run_report(*extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCHMARKS / "report.py"), *extra], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_page_matches_what_report_renders_from_the_committed_json():
+    proc = run_report("--check")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_report_check_fails_on_a_hand_edited_table(tmp_path: Path):
+    page = BENCHMARKS.parent / "docs" / "benchmarks.md"
+    text = page.read_text(encoding="utf-8")
+    begin = "<!-- begin summary (generated: do not edit by hand) -->\n"
+    edited = tmp_path / "benchmarks.md"
+    edited.write_text(text.replace(begin, begin + "| a row typed by hand | | | |\n"), encoding="utf-8")
+    proc = run_report("--check", "--page", str(edited))
+    assert proc.returncode == 1
+    assert "differ" in proc.stderr
 
 
 @pytest.mark.slow
