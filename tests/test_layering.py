@@ -24,6 +24,9 @@ ORDER = [
     "metrics",
     "runner",
     "api",
+    "scheduler",
+    "protocol",
+    "server",
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}

@@ -1,0 +1,181 @@
+"""Continuous batching for the server: one thread advances every active stream in one `Stepper` step.
+
+A stream joins at a step boundary (its prime fed once, on its own), then each step draws its next
+character from its own row of the batch's logits with its own options and its own seeded
+`torch.Generator`, so the text a seed gives never depends on which other streams shared the batch.
+Finished, cut and cancelled streams leave at the next boundary; more than `max_batch` streams wait
+their turn. Results go back through each stream's `emit` callback (the server hands it an
+event-loop-safe one), so generation never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import CharRNN, State
+from .sample import Completion, Token, make_generator, sample_next, stepper_for
+from .vocab import Vocab
+
+IDLE_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Event:
+    """New text of choice `index` (with its tokens when log-probabilities were asked for); a set
+    `finish_reason` ("stop", "length") or `error` ends the choice."""
+
+    index: int
+    text: str
+    tokens: list[Token]
+    finish_reason: str | None = None
+    error: str | None = None
+    generated: int = 0
+
+
+@dataclass
+class Stream:
+    """One choice of one request, with everything it needs to be stepped in any batch."""
+
+    index: int
+    prime_ids: list[int]
+    max_tokens: int
+    emit: Callable[[Event], None]
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    logprobs: int | None = None
+    cancelled: bool = False
+    generated: int = 0
+    completion: Completion | None = field(default=None, repr=False)
+    generator: torch.Generator | None = field(default=None, repr=False)
+    logits: torch.Tensor | None = field(default=None, repr=False)  # (1, V): the next character's
+    next_id: torch.Tensor | None = field(default=None, repr=False)  # (1,): drawn, still to be fed
+    state: State | None = field(default=None, repr=False)
+
+    def cancel(self) -> None:
+        """The client went away: the scheduler drops the stream at the next step boundary."""
+        self.cancelled = True
+
+
+class Scheduler:
+    def __init__(self, model: CharRNN, vocab: Vocab, max_batch: int = 64) -> None:
+        self.model, self.vocab, self.max_batch = model.eval(), vocab, max_batch
+        self.waiting: queue.Queue[Stream] = queue.Queue()
+        self.active: list[Stream] = []
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.steps = 0
+
+    def submit(self, stream: Stream) -> None:
+        with self.lock:
+            if self.stopping.is_set():
+                stream.emit(Event(stream.index, "", [], error="the server is shutting down"))
+                return
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="charlstm-scheduler", daemon=True)
+                self.thread.start()
+        self.waiting.put(stream)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread; streams still running or waiting end with an error event."""
+        with self.lock:
+            self.stopping.set()
+            thread = self.thread
+        if thread is not None:
+            thread.join(timeout)
+        for stream in self.active + self._drain():
+            stream.emit(Event(stream.index, "", [], error="the server is shutting down"))
+        self.active = []
+
+    def _drain(self) -> list[Stream]:
+        streams = []
+        while True:
+            try:
+                streams.append(self.waiting.get_nowait())
+            except queue.Empty:
+                return streams
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self.stopping.is_set():
+                self._admit()
+                if self.active:
+                    self._step()
+
+    def _admit(self) -> None:
+        """Move waiting streams into free slots; with nothing to do, wait a little for one."""
+        while len(self.active) < self.max_batch:
+            try:
+                # Block briefly only when idle: a running batch must not wait for newcomers.
+                stream = self.waiting.get(block=not self.active, timeout=IDLE_POLL_S)
+            except queue.Empty:
+                return
+            if stream.cancelled:
+                continue
+            self._start(stream)
+
+    def _start(self, stream: Stream) -> None:
+        device = self.model.head.weight.device
+        stream.completion = Completion(self.vocab, stream.temperature, stream.stop, stream.logprobs)
+        stream.generator = make_generator(stream.seed, device)
+        if stream.max_tokens == 0:
+            stream.completion.finish()
+            stream.emit(Event(stream.index, "", [], "length"))
+            return
+        logits, stream.state = self.model(torch.tensor([stream.prime_ids], device=device))
+        stream.logits = logits[:, -1]  # (1, V)
+        self.active.append(stream)
+
+    def _step(self) -> None:
+        """Draw one character for every stream, report it, and advance the survivors together."""
+        survivors = []
+        for stream in self.active:
+            if stream.cancelled:
+                continue
+            assert stream.completion is not None and stream.logits is not None
+            completion = stream.completion
+            options = (stream.temperature, stream.top_k, stream.top_p)
+            next_id = sample_next(stream.logits, *options, generator=stream.generator)  # (1,)
+            shown_before = len(completion.text)
+            completion.add(int(next_id[0]), stream.logits[0])
+            stream.generated += 1
+            if completion.finish_reason is None and stream.generated >= stream.max_tokens:
+                completion.finish()
+            text = completion.text[shown_before:]
+            tokens = completion.tokens[shown_before:] if stream.logprobs is not None else []
+            if text or completion.finish_reason:
+                reason = completion.finish_reason
+                stream.emit(Event(stream.index, text, tokens, reason, generated=stream.generated))
+            if completion.finish_reason is None:
+                stream.next_id = next_id
+                survivors.append(stream)
+        self.active = survivors
+        if not survivors:
+            return
+        ids = torch.cat([s.next_id for s in survivors if s.next_id is not None])  # (N,)
+        logits, state = stepper_for(self.model).step(ids, concat_states([s.state for s in survivors]))
+        for row, stream in enumerate(survivors):
+            stream.logits = logits[row : row + 1]
+            stream.state = select_state(state, row)
+        self.steps += 1
+
+
+def concat_states(states: Sequence[State | None]) -> State:
+    """Per-stream states, each (L, 1, H) or a pair of them for an LSTM -> one batch (L, N, H)."""
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))  # type: ignore[return-value]
+    return torch.cat(states, dim=1)  # type: ignore[arg-type]
+
+
+def select_state(state: State, row: int) -> State:
+    if isinstance(state, tuple):
+        return tuple(part[:, row : row + 1] for part in state)  # type: ignore[return-value]
+    return state[:, row : row + 1]

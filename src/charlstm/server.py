@@ -1,0 +1,276 @@
+"""An OpenAI-compatible HTTP server over a `CharModel`: /v1/completions (streaming or not),
+/v1/models, /health and a playground page at /. Needs the [serve] extra (FastAPI, uvicorn).
+
+Requests are checked by `protocol.parse_request`, then each choice becomes a
+`scheduler.Stream`; the scheduler's thread steps all of them together and hands events back to
+the event loop, which only waits and writes. Every failure a client can cause is an OpenAI-style
+JSON error with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from .api import CharModel
+from .protocol import ApiError, Job, parse_request
+from .scheduler import Event, Scheduler, Stream
+
+MAX_BODY_BYTES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_tokens: int = 4096
+    max_choices: int = 16
+    max_prompt_chars: int = 16_384
+    max_body_bytes: int = MAX_BODY_BYTES
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}}
+    return JSONResponse(body, status_code=error.status)
+
+
+def create_app(
+    model: CharModel,
+    *,
+    api_key: str | None = None,
+    max_batch: int = 64,
+    max_tokens_cap: int = 4096,
+    limits: Limits | None = None,
+    model_id: str | None = None,
+) -> FastAPI:
+    """The ASGI app; `serve` runs it with uvicorn. Generation starts its thread on first use and
+    stops when the app shuts down."""
+    limits = limits or Limits(max_tokens=max_tokens_cap)
+    name = model_id or model_name(model)
+    scheduler = Scheduler(model.model, model.vocab, max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.on_ready is not None:
+            app.state.on_ready()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="charlstm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler, app.state.on_ready = scheduler, None
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {error.detail}"
+        return error_response(ApiError(error.status_code, message, kind))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        return error_response(ApiError(500, f"internal error: {type(error).__name__}", "server_error"))
+
+    def check_key(request: Request) -> None:
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            message = "a wrong or missing API key: send `Authorization: Bearer KEY`"
+            raise ApiError(401, message, "authentication_error", code="invalid_api_key")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": name, "active_streams": len(scheduler.active)}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        check_key(request)
+        card = {"id": name, "object": "model", "created": 0, "owned_by": "charlstm", **model.info()}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground() -> HTMLResponse:
+        page = resources.files("charlstm").joinpath("static/playground.html").read_text(encoding="utf-8")
+        return HTMLResponse(page.replace("{{MODEL}}", name))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        check_key(request)
+        body = await read_body(request, limits.max_body_bytes)
+        job = parse_request(body, model, limits)
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        header = {"id": completion_id, "object": "text_completion", "created": created, "model": name}
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def emit(event: Event) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening any more
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        streams = [
+            Stream(i, ids, job.max_tokens, emit, **job.sampling(i)) for i, ids in enumerate(job.prime_ids)
+        ]
+        for stream in streams:
+            scheduler.submit(stream)
+        if job.request.stream:
+            return StreamingResponse(
+                sse(job, header, streams, events), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )  # fmt: skip
+        try:
+            return JSONResponse(await collect(job, header, streams, events))
+        finally:
+            for stream in streams:
+                stream.cancel()
+
+    return app
+
+
+def model_name(model: CharModel) -> str:
+    """The run folder's name for a run's best/last checkpoint, else the checkpoint folder's."""
+    if model.path is None:
+        return "charlstm"
+    return model.path.parent.name if model.path.name in ("best", "last") else model.path.name
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    too_big = ApiError(413, f"the request body is over {limit} bytes", code="request_too_large")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    return body
+
+
+def logprobs_field(job: Job, tokens: list[Any], offset: int) -> dict[str, Any] | None:
+    if job.request.logprobs is None:
+        return None
+    return {
+        "tokens": [t.char for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [t.top_logprobs for t in tokens],
+        "text_offset": list(range(offset, offset + len(tokens))),
+    }
+
+
+async def collect(
+    job: Job, header: dict[str, Any], streams: list[Stream], events: asyncio.Queue[Event]
+) -> dict[str, Any]:
+    texts = [job.echo_text(i) for i in range(len(streams))]
+    tokens: list[list[Any]] = [[] for _ in streams]
+    reasons: list[str | None] = [None] * len(streams)
+    generated = 0
+    while any(r is None for r in reasons):
+        event = await events.get()
+        if event.error:
+            raise ApiError(503, event.error, "server_error")
+        texts[event.index] += event.text
+        tokens[event.index] += event.tokens
+        if event.finish_reason:
+            reasons[event.index] = event.finish_reason
+            generated += event.generated
+    choices = [
+        {"index": i, "text": texts[i], "finish_reason": reasons[i],
+         "logprobs": logprobs_field(job, tokens[i], len(job.echo_text(i)))}
+        for i in range(len(streams))
+    ]  # fmt: skip
+    return {**header, "choices": choices, "usage": job.usage(generated)}
+
+
+def sse_line(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+async def sse(
+    job: Job, header: dict[str, Any], streams: list[Stream], events: asyncio.Queue[Event]
+) -> AsyncIterator[str]:
+    """Server-Sent Events: the echoed prompt (if asked), then each new piece of text, then the
+    usage (if asked) and `[DONE]`. A client that goes away cancels the streams at once."""
+    offsets = [0] * len(streams)
+    try:
+        for i in range(len(streams)):
+            if job.echo_text(i):
+                offsets[i] = len(job.echo_text(i))
+                yield sse_line({**header, "choices": [choice(i, job.echo_text(i), None, None)]})
+        open_choices, generated = len(streams), 0
+        while open_choices:
+            event = await events.get()
+            if event.error:
+                yield sse_line({"error": {"message": event.error, "type": "server_error", "param": None,
+                                          "code": None}})  # fmt: skip
+                break
+            logprobs = logprobs_field(job, event.tokens, offsets[event.index])
+            offsets[event.index] += len(event.text)
+            piece = choice(event.index, event.text, logprobs, event.finish_reason)
+            yield sse_line({**header, "choices": [piece]})
+            if event.finish_reason:
+                open_choices -= 1
+                generated += event.generated
+        else:
+            if job.include_usage:
+                yield sse_line({**header, "choices": [], "usage": job.usage(generated)})
+        yield sse_line("[DONE]")
+    finally:
+        for stream in streams:
+            stream.cancel()
+
+
+def choice(index: int, text: str, logprobs: dict[str, Any] | None, reason: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process dies by the
+    signal; a server that was asked to stop and did so cleanly should exit 0 instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def serve(
+    model: CharModel,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    api_key: str | None = None,
+    max_batch: int = 64,
+    max_tokens_cap: int = 4096,
+    grace_s: float = 5.0,
+    log_level: str = "warning",
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or Ctrl-C: then stop accepting, let streams finish for up to `grace_s`
+    seconds, end the rest with an error event, and return."""
+    app = create_app(model, api_key=api_key, max_batch=max_batch, max_tokens_cap=max_tokens_cap)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace_s)
+    server = _Server(config)
+    if on_ready is not None:
+        app.state.on_ready = lambda: on_ready(f"http://{host}:{port}/")
+    server.run()
