@@ -73,6 +73,7 @@ class Scheduler:
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
         self.steps = 0
+        self.largest_batch = 0  # for tests and /health: did concurrent streams really share steps?
 
     def submit(self, stream: Stream) -> None:
         with self.lock:
@@ -166,6 +167,7 @@ class Scheduler:
             stream.logits = logits[row : row + 1]
             stream.state = select_state(state, row)
         self.steps += 1
+        self.largest_batch = max(self.largest_batch, len(survivors))
 
 
 def concat_states(states: Sequence[State | None]) -> State:

@@ -92,7 +92,13 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": name, "active_streams": len(scheduler.active)}
+        return {
+            "status": "ok",
+            "model": name,
+            "active_streams": len(scheduler.active),
+            "waiting_streams": scheduler.waiting.qsize(),
+            "largest_batch": scheduler.largest_batch,
+        }
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
