@@ -1,21 +1,31 @@
 """The HTTP server in-process (FastAPI's TestClient and httpx over ASGI): every request field, seeded
 determinism with and without concurrent requests, stop strings across chunks, errors, a fuzz run.
-The real-process tests (openai client, signals, the browser) are in test_server_live.py."""
+Then real servers: `charlstm serve` in a process driven by the `openai` package (disconnects,
+SIGTERM and Ctrl-C), and the playground in headless Chromium."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import os
 import random
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import httpx
 import pytest
 import torch
 from conftest import TINY_TEXT, make_model
 
-from charlstm.api import CharModel
+from charlstm.api import CharModel, load
+from charlstm.checkpoint import save_checkpoint
 from charlstm.cli import main
 from charlstm.vocab import Vocab
 
@@ -366,8 +376,180 @@ def test_serve_without_the_extra_is_one_line_naming_it(monkeypatch, tiny_checkpo
 
 @pytest.mark.slow
 def test_the_core_does_not_import_the_server_stack():
-    import subprocess
-
     code = "import sys, charlstm.cli; print(sorted({'fastapi', 'uvicorn'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+# ---------------------------------------------------------------- real servers: a process, a thread
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_health(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"the server exited with {proc.returncode}: {err}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"no server answered at {url} within {timeout} s")
+
+
+def start_cli_server(checkpoint, *flags: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "charlstm", "--threads", "1", "serve", str(checkpoint), "--port", str(port)]
+    cmd += flags
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_health(url, proc)
+    return proc, url
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory):
+    """`charlstm serve` in its own process, with an API key and room for very long streams."""
+    path = tmp_path_factory.mktemp("served") / "ckpt"
+    save_checkpoint(path, make_model(len(VOCAB), seed=11), VOCAB, {"step": 0})
+    proc, url = start_cli_server(path, "--api-key", "k3y", "--max-tokens-cap", "1000000")
+    yield url
+    stop_process(proc)
+
+
+@pytest.mark.slow
+def test_the_openai_package_talks_to_charlstm_serve(cli_server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=cli_server + "/v1", api_key="k3y", max_retries=0)
+    (card,) = client.models.list().data
+    result = client.completions.create(model=card.id, prompt=PROMPT, max_tokens=30, seed=3, temperature=0.8)
+    text = result.choices[0].text
+    assert len(text) == 30 and result.choices[0].finish_reason == "length"
+    assert result.usage.completion_tokens == 30 and result.usage.prompt_tokens == len(PROMPT)
+    stream = client.completions.create(
+        model=card.id, prompt=PROMPT, max_tokens=30, seed=3, temperature=0.8, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices) == text
+    filtered = client.completions.create(model=card.id, prompt=PROMPT, max_tokens=30, extra_body={"top_k": 1})
+    greedy = client.completions.create(model=card.id, prompt=PROMPT, max_tokens=30, temperature=0)
+    assert filtered.choices[0].text == greedy.choices[0].text
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=cli_server + "/v1", api_key="nope", max_retries=0).completions.create(
+            model=card.id, prompt=PROMPT, max_tokens=3
+        )
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=card.id, prompt=PROMPT, max_tokens=-3)
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_frees_its_slot_at_once(cli_server):
+    headers = {"Authorization": "Bearer k3y"}
+    body = {"prompt": PROMPT, "max_tokens": 1_000_000, "stream": True}  # minutes of text, if nobody left
+    url = cli_server + "/v1/completions"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: {") for line in received)
+        assert httpx.get(cli_server + "/health").json()["active_streams"] == 1
+    deadline = time.monotonic() + 10
+    while httpx.get(cli_server + "/health").json()["active_streams"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(cli_server + "/health").json()["active_streams"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_end_streams_cleanly_and_exit_0(tiny_checkpoint, sig):
+    proc, url = start_cli_server(tiny_checkpoint, "--max-tokens-cap", "1000000")
+    try:
+        body = {"prompt": PROMPT, "max_tokens": 1_000_000, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: {")
+            proc.send_signal(sig)
+            tail = list(lines)  # the server must end the stream by itself
+        data = [line for line in tail if line]
+        assert data[-1] == "data: [DONE]" and "shutting down" in data[-2]
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def threaded_server(trained_run):
+    """The app under uvicorn in a thread of this process (quick to start; the browser test's server)."""
+    uvicorn = pytest.importorskip("uvicorn")
+    app = create_app(load(trained_run))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.config.port}"
+    wait_for_health(url, timeout=30)
+    yield url
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.mark.slow
+def test_the_playground_streams_text_and_shows_top5_probabilities(threaded_server, browser_page, tmp_path):
+    page, errors = browser_page.page, browser_page.errors
+    page.goto(threaded_server + "/")
+    page.fill("#prime", "The quick ")
+    page.eval_on_selector("#length", "el => { el.value = '2000'; el.dispatchEvent(new Event('input')); }")
+    page.eval_on_selector("#temperature", "el => { el.value = '0.5'; el.dispatchEvent(new Event('input')); }")
+    assert page.text_content("#length-value") == "2000"
+    page.click("#generate")
+    # Streaming: characters are on the page while the request is still running.
+    page.wait_for_function(
+        "document.querySelectorAll('#text .gen').length > 0 && document.getElementById('generate').disabled",
+        timeout=30_000,
+    )
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=60_000)
+    assert page.locator("#text .gen").count() == 2000
+    assert page.text_content("#text").startswith("The quick ")
+    page.hover("#text .gen >> nth=3")
+    rows = page.locator("#probs tr")
+    assert rows.count() == 5
+    shares = [float(rows.nth(i).locator("td").nth(1).text_content().rstrip("%")) for i in range(5)]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
+    page.focus("#text .gen >> nth=0")  # the keyboard reaches the same information
+    assert "character 1 " in page.text_content("#probs")
+    page.eval_on_selector("#length", "el => { el.value = '300'; el.dispatchEvent(new Event('input')); }")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=60_000)
+    page.hover("#text .gen >> nth=40")
+    assert errors == []
+    docs = Path(__file__).resolve().parents[1] / "docs" / "playground.png"
+    shot = docs if os.environ.get("CHARLSTM_UPDATE_DOCS") == "1" else tmp_path / "playground.png"
+    page.screenshot(path=str(shot))
+
+
+@pytest.mark.parametrize(
+    ("flags", "wrong"), [(["--max-batch", "0"], "--max-batch"), (["--port", "99999"], "--port")]
+)
+def test_bad_serve_options_are_one_line(tiny_checkpoint, capsys, flags, wrong):
+    assert main(["serve", str(tiny_checkpoint), *flags]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("charlstm: error: ") and wrong in err
+
+
+def test_a_port_in_use_is_one_line(tiny_checkpoint, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", str(tiny_checkpoint), "--port", str(taken.getsockname()[1])]) == 1
+    assert "choose another --host or --port" in capsys.readouterr().err

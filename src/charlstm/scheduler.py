@@ -22,6 +22,7 @@ from .sample import Completion, Token, make_generator, sample_next, stepper_for
 from .vocab import Vocab
 
 IDLE_POLL_S = 0.1
+SHUTTING_DOWN = "the server is shutting down; try again when it is back"
 
 
 @dataclass(frozen=True)
@@ -78,22 +79,28 @@ class Scheduler:
     def submit(self, stream: Stream) -> None:
         with self.lock:
             if self.stopping.is_set():
-                stream.emit(Event(stream.index, "", [], error="the server is shutting down"))
+                stream.emit(Event(stream.index, "", [], error=SHUTTING_DOWN))
                 return
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="charlstm-scheduler", daemon=True)
                 self.thread.start()
-        self.waiting.put(stream)
+            self.waiting.put(stream)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the thread; streams still running or waiting end with an error event."""
+    def request_stop(self) -> None:
+        """Ask the thread to end every stream with an error event and exit; returns at once (it is
+        called from a signal handler on the event loop)."""
         with self.lock:
             self.stopping.set()
-            thread = self.thread
-        if thread is not None:
-            thread.join(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.request_stop()
+        if self.thread is not None:
+            self.thread.join(timeout)
+        self._end_all()  # where the thread never started, or did not finish in time
+
+    def _end_all(self) -> None:
         for stream in self.active + self._drain():
-            stream.emit(Event(stream.index, "", [], error="the server is shutting down"))
+            stream.emit(Event(stream.index, "", [], error=SHUTTING_DOWN))
         self.active = []
 
     def _drain(self) -> list[Stream]:
@@ -110,6 +117,7 @@ class Scheduler:
                 self._admit()
                 if self.active:
                     self._step()
+        self._end_all()
 
     def _admit(self) -> None:
         """Move waiting streams into free slots; with nothing to do, wait a little for one."""

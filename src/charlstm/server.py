@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from .api import CharModel
+from .errors import CharLSTMError
 from .protocol import ApiError, Job, parse_request
 from .scheduler import Event, Scheduler, Stream
 
@@ -244,8 +246,20 @@ def choice(index: int, text: str, logprobs: dict[str, Any] | None, reason: str |
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process dies by the
-    signal; a server that was asked to stop and did so cleanly should exit 0 instead."""
+    """Graceful stop on SIGTERM/Ctrl-C: stop accepting, give running streams `grace_s` seconds to
+    finish, then end the rest with an error event and `[DONE]`, and exit 0 (uvicorn itself
+    re-raises the signal after its shutdown, so the process would die by it)."""
+
+    def __init__(self, config: uvicorn.Config, scheduler: Scheduler, grace_s: float) -> None:
+        super().__init__(config)
+        self.scheduler, self.grace_s = scheduler, grace_s
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if not self.should_exit:
+            timer = threading.Timer(self.grace_s, self.scheduler.request_stop)
+            timer.daemon = True
+            timer.start()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -268,15 +282,30 @@ def serve(
     api_key: str | None = None,
     max_batch: int = 64,
     max_tokens_cap: int = 4096,
-    grace_s: float = 5.0,
+    grace_s: float = 3.0,
     log_level: str = "warning",
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM or Ctrl-C: then stop accepting, let streams finish for up to `grace_s`
-    seconds, end the rest with an error event, and return."""
+    """Serve until SIGTERM or Ctrl-C, then stop as `_Server` describes and return."""
+    if max_batch < 1 or max_tokens_cap < 1:
+        raise CharLSTMError(f"--max-batch, --max-tokens-cap must be 1 or more: {max_batch}, {max_tokens_cap}")
     app = create_app(model, api_key=api_key, max_batch=max_batch, max_tokens_cap=max_tokens_cap)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace_s)
-    server = _Server(config)
     if on_ready is not None:
         app.state.on_ready = lambda: on_ready(f"http://{host}:{port}/")
-    server.run()
+    check_address(host, port)
+    # uvicorn's own limit is the backstop: connections still open after it are closed.
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=grace_s + 5)
+    _Server(config, app.state.scheduler, grace_s).run()
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail with one clear line (not uvicorn's log and exit) when the port is taken or invalid."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        message = f"cannot listen on {host}:{port} ({reason}); choose another --host or --port"
+        raise CharLSTMError(message) from None
