@@ -92,3 +92,23 @@ def test_bench_quality_quick(tmp_path: Path):
         assert entry["curve"] and {"step", "elapsed_s", "val_loss"} <= entry["curve"][0].keys()
         assert set(entry["val_loss_at_minutes"]) == {"1", "2", "5", "10", "20", "30"}
         assert {"time_to_val_2_0_s", "best_val_loss", "summary"} <= entry.keys()
+
+
+@pytest.mark.slow
+def test_bench_serve_quick(tmp_path: Path):
+    out_json = tmp_path / "serve.json"
+    result = run_quick("bench_serve.py", "--out-json", str(out_json))
+    assert json.loads(out_json.read_text(encoding="utf-8")) == result
+    (entry,) = result["models"].values()
+    assert set(entry["levels"]) == {"1", "8"}
+    for clients, level in entry["levels"].items():
+        assert level["requests"] == 8 and level["chars_received"] == 8 * 20, clients
+        assert level["chars_per_sec"] > 0 and 0 < level["ttfc_p50_s"] <= level["ttfc_p99_s"]
+    assert entry["largest_batch"] > 1  # the eight clients really shared steps
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from bench_serve import render
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    section = render(result)
+    assert section.count("| quick 2 x 64 |") == 4 and "| 64 clients >= 20 x" in section
