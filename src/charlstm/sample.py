@@ -36,15 +36,19 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """logits (N, V) -> next ids (N,). Temperature first, then top-k, then top-p; 0 is greedy."""
+    """logits (N, V) -> next ids (N,). Temperature first, then top-k, then top-p; 0 is greedy.
+
+    `uniforms` (N, 1), if given, replace the draw from `generator`: rows that each own a generator
+    (the server's streams) draw their own number and are then sampled together."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1] and (top_p is None or top_p >= 1):
         # Sampling among the k best directly skips masking and normalising the whole vocabulary.
         values, indices = torch.topk(logits, top_k, dim=-1)
-        return indices.gather(-1, _draw(values.softmax(dim=-1), generator)).squeeze(-1)
+        return indices.gather(-1, _draw(values.softmax(dim=-1), generator, uniforms)).squeeze(-1)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
@@ -55,16 +59,23 @@ def sample_next(
         drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, -math.inf)
-    return _draw(logits.softmax(dim=-1), generator).squeeze(-1)
+    return _draw(logits.softmax(dim=-1), generator, uniforms).squeeze(-1)
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _draw(
+    probs: torch.Tensor, generator: torch.Generator | None, uniforms: torch.Tensor | None = None
+) -> torch.Tensor:
     """One index per row with the given probabilities, by inverting the cumulative sum at a
     uniform draw: a few small ops, where `torch.multinomial` costs ~0.1 ms a call on a CPU."""
     cumulative = probs.cumsum(dim=-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=probs.dtype)
+    u = uniforms if uniforms is not None else draw_uniforms(probs.shape[0], generator, probs.device)
     index = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)
     return index.clamp_(max=probs.shape[-1] - 1)
+
+
+def draw_uniforms(rows: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """The (rows, 1) uniform numbers one sampling step consumes from `generator`."""
+    return torch.rand((rows, 1), generator=generator, device=device, dtype=torch.float32)
 
 
 def default_prime(vocab: Vocab) -> str:

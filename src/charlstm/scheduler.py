@@ -14,11 +14,12 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .model import CharRNN, State
-from .sample import Completion, Token, make_generator, sample_next, stepper_for
+from .sample import Completion, Token, draw_uniforms, make_generator, sample_next, stepper_for
 from .vocab import Vocab
 
 IDLE_POLL_S = 0.1
@@ -52,12 +53,12 @@ class Stream:
     seed: int | None = None
     stop: Sequence[str] = ()
     logprobs: int | None = None
+    context: Any = None  # whatever the deliverer needs to route events (the server: its event loop)
     cancelled: bool = False
     generated: int = 0
     completion: Completion | None = field(default=None, repr=False)
     generator: torch.Generator | None = field(default=None, repr=False)
     logits: torch.Tensor | None = field(default=None, repr=False)  # (1, V): the next character's
-    next_id: torch.Tensor | None = field(default=None, repr=False)  # (1,): drawn, still to be fed
     state: State | None = field(default=None, repr=False)
 
     def cancel(self) -> None:
@@ -65,9 +66,22 @@ class Stream:
         self.cancelled = True
 
 
+Delivery = Callable[[list[tuple["Stream", Event]]], None]
+
+
+def deliver_directly(outbox: list[tuple[Stream, Event]]) -> None:
+    for stream, event in outbox:
+        stream.emit(event)
+
+
 class Scheduler:
-    def __init__(self, model: CharRNN, vocab: Vocab, max_batch: int = 64) -> None:
-        self.model, self.vocab, self.max_batch = model.eval(), vocab, max_batch
+    """`deliver` gets each step's events in one call (the server hands them to the event loop in
+    one wake-up rather than one per stream); by default each stream's `emit` is called in turn."""
+
+    def __init__(
+        self, model: CharRNN, vocab: Vocab, max_batch: int = 64, deliver: Delivery = deliver_directly
+    ) -> None:
+        self.model, self.vocab, self.max_batch, self.deliver = model.eval(), vocab, max_batch, deliver
         self.waiting: queue.Queue[Stream] = queue.Queue()
         self.active: list[Stream] = []
         self.stopping = threading.Event()
@@ -79,7 +93,7 @@ class Scheduler:
     def submit(self, stream: Stream) -> None:
         with self.lock:
             if self.stopping.is_set():
-                stream.emit(Event(stream.index, "", [], error=SHUTTING_DOWN))
+                self.deliver([(stream, Event(stream.index, "", [], error=SHUTTING_DOWN))])
                 return
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="charlstm-scheduler", daemon=True)
@@ -99,8 +113,7 @@ class Scheduler:
         self._end_all()  # where the thread never started, or did not finish in time
 
     def _end_all(self) -> None:
-        for stream in self.active + self._drain():
-            stream.emit(Event(stream.index, "", [], error=SHUTTING_DOWN))
+        self.deliver([(s, Event(s.index, "", [], error=SHUTTING_DOWN)) for s in self.active + self._drain()])
         self.active = []
 
     def _drain(self) -> list[Stream]:
@@ -137,7 +150,7 @@ class Scheduler:
         stream.generator = make_generator(stream.seed, device)
         if stream.max_tokens == 0:
             stream.completion.finish()
-            stream.emit(Event(stream.index, "", [], "length"))
+            self.deliver([(stream, Event(stream.index, "", [], "length"))])
             return
         logits, stream.state = self.model(torch.tensor([stream.prime_ids], device=device))
         stream.logits = logits[:, -1]  # (1, V)
@@ -145,37 +158,54 @@ class Scheduler:
 
     def _step(self) -> None:
         """Draw one character for every stream, report it, and advance the survivors together."""
-        survivors = []
-        for stream in self.active:
-            if stream.cancelled:
-                continue
-            assert stream.completion is not None and stream.logits is not None
+        streams = [s for s in self.active if not s.cancelled]
+        next_ids = self._draw(streams)
+        survivors, outbox = [], []
+        for stream, next_id in zip(streams, next_ids.tolist(), strict=True):
             completion = stream.completion
-            options = (stream.temperature, stream.top_k, stream.top_p)
-            next_id = sample_next(stream.logits, *options, generator=stream.generator)  # (1,)
+            assert completion is not None and stream.logits is not None
             shown_before = len(completion.text)
-            completion.add(int(next_id[0]), stream.logits[0])
+            completion.add(next_id, stream.logits[0])
             stream.generated += 1
             if completion.finish_reason is None and stream.generated >= stream.max_tokens:
                 completion.finish()
             text = completion.text[shown_before:]
             tokens = completion.tokens[shown_before:] if stream.logprobs is not None else []
-            if text or completion.finish_reason:
-                reason = completion.finish_reason
-                stream.emit(Event(stream.index, text, tokens, reason, generated=stream.generated))
-            if completion.finish_reason is None:
-                stream.next_id = next_id
+            reason = completion.finish_reason
+            if text or reason:
+                outbox.append((stream, Event(stream.index, text, tokens, reason, generated=stream.generated)))
+            if reason is None:
                 survivors.append(stream)
+        if outbox:
+            self.deliver(outbox)
         self.active = survivors
         if not survivors:
             return
-        ids = torch.cat([s.next_id for s in survivors if s.next_id is not None])  # (N,)
+        chosen = {id(s): i for i, s in enumerate(streams)}
+        device = self.model.head.weight.device
+        ids = next_ids[[chosen[id(s)] for s in survivors]].to(device)  # (N,)
         logits, state = stepper_for(self.model).step(ids, concat_states([s.state for s in survivors]))
         for row, stream in enumerate(survivors):
             stream.logits = logits[row : row + 1]
             stream.state = select_state(state, row)
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(survivors))
+
+    def _draw(self, streams: list[Stream]) -> torch.Tensor:
+        """Next ids (N,): each stream's uniform number comes from its own generator, then streams with
+        the same options are sampled as one batch (the same arithmetic per row as alone)."""
+        next_ids = torch.empty(len(streams), dtype=torch.long)
+        groups: dict[tuple[float, int | None, float | None], list[int]] = {}
+        for i, stream in enumerate(streams):
+            groups.setdefault((stream.temperature, stream.top_k, stream.top_p), []).append(i)
+        for key, rows in groups.items():
+            logits = torch.cat([streams[i].logits for i in rows])  # type: ignore[misc]
+            uniforms = None
+            if key[0] > 0:  # greedy decoding draws nothing
+                device = logits.device
+                uniforms = torch.cat([draw_uniforms(1, streams[i].generator, device) for i in rows])
+            next_ids[rows] = sample_next(logits, *key, uniforms=uniforms).cpu()
+        return next_ids
 
 
 def concat_states(states: Sequence[State | None]) -> State:

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 from .api import CharModel
 from .errors import CharLSTMError
 from .protocol import ApiError, Job, parse_request
-from .scheduler import Event, Scheduler, Stream
+from .scheduler import Event, Scheduler, Stream, deliver_directly
 
 MAX_BODY_BYTES = 1_000_000
 
@@ -61,7 +61,7 @@ def create_app(
     stops when the app shuts down."""
     limits = limits or Limits(max_tokens=max_tokens_cap)
     name = model_id or model_name(model)
-    scheduler = Scheduler(model.model, model.vocab, max_batch)
+    scheduler = Scheduler(model.model, model.vocab, max_batch, deliver=deliver_to_loops)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -123,13 +123,9 @@ def create_app(
         header = {"id": completion_id, "object": "text_completion", "created": created, "model": name}
         events: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-
-        def emit(event: Event) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening any more
-                loop.call_soon_threadsafe(events.put_nowait, event)
-
         streams = [
-            Stream(i, ids, job.max_tokens, emit, **job.sampling(i)) for i, ids in enumerate(job.prime_ids)
+            Stream(i, ids, job.max_tokens, events.put_nowait, context=loop, **job.sampling(i))
+            for i, ids in enumerate(job.prime_ids)
         ]
         for stream in streams:
             scheduler.submit(stream)
@@ -145,6 +141,16 @@ def create_app(
                 stream.cancel()
 
     return app
+
+
+def deliver_to_loops(outbox: list[tuple[Stream, Event]]) -> None:
+    """From the scheduler's thread: one wake-up of each event loop per step, not one per stream."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Stream, Event]]] = {}
+    for stream, event in outbox:
+        by_loop.setdefault(stream.context, []).append((stream, event))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening any more
+            loop.call_soon_threadsafe(deliver_directly, items)
 
 
 def model_name(model: CharModel) -> str:
@@ -220,18 +226,25 @@ async def sse(
                 yield sse_line({**header, "choices": [choice(i, job.echo_text(i), None, None)]})
         open_choices, generated = len(streams), 0
         while open_choices:
-            event = await events.get()
-            if event.error:
-                yield sse_line({"error": {"message": event.error, "type": "server_error", "param": None,
-                                          "code": None}})  # fmt: skip
+            # Whatever piled up while this client was written to goes out as one chunk per choice.
+            batch = [await events.get()]
+            while not events.empty():
+                batch.append(events.get_nowait())
+            failed = next((e for e in batch if e.error), None)
+            if failed is not None:
+                error = {"message": failed.error, "type": "server_error", "param": None, "code": None}
+                yield sse_line({"error": error})
                 break
-            logprobs = logprobs_field(job, event.tokens, offsets[event.index])
-            offsets[event.index] += len(event.text)
-            piece = choice(event.index, event.text, logprobs, event.finish_reason)
-            yield sse_line({**header, "choices": [piece]})
-            if event.finish_reason:
-                open_choices -= 1
-                generated += event.generated
+            lines = []
+            for event in merge_events(batch):
+                logprobs = logprobs_field(job, event.tokens, offsets[event.index])
+                offsets[event.index] += len(event.text)
+                piece = choice(event.index, event.text, logprobs, event.finish_reason)
+                lines.append(sse_line({**header, "choices": [piece]}))
+                if event.finish_reason:
+                    open_choices -= 1
+                    generated += event.generated
+            yield "".join(lines)
         else:
             if job.include_usage:
                 yield sse_line({**header, "choices": [], "usage": job.usage(generated)})
@@ -239,6 +252,18 @@ async def sse(
     finally:
         for stream in streams:
             stream.cancel()
+
+
+def merge_events(events: list[Event]) -> list[Event]:
+    """Consecutive pieces of the same choice as one (the last piece's finish reason and count)."""
+    merged: dict[int, Event] = {}
+    for event in events:
+        before = merged.get(event.index)
+        if before is not None:
+            event = Event(event.index, before.text + event.text, before.tokens + event.tokens,
+                          event.finish_reason, None, event.generated)  # fmt: skip
+        merged[event.index] = event
+    return list(merged.values())
 
 
 def choice(index: int, text: str, logprobs: dict[str, Any] | None, reason: str | None) -> dict[str, Any]:
