@@ -208,6 +208,8 @@ class StopMatcher:
 
     def push(self, text: str) -> tuple[str, bool]:
         """(text safe to show, whether a stop string was found)."""
+        if not self.stops:
+            return text, False
         self.pending += text
         cuts = [at for at in (self.pending.find(s) for s in self.stops) if at >= 0]
         if cuts:

@@ -58,7 +58,8 @@ class Stream:
     generated: int = 0
     completion: Completion | None = field(default=None, repr=False)
     generator: torch.Generator | None = field(default=None, repr=False)
-    logits: torch.Tensor | None = field(default=None, repr=False)  # (1, V): the next character's
+    # The prime's logits (1, V) and state, until the stream's first step puts them into the batch.
+    logits: torch.Tensor | None = field(default=None, repr=False)
     state: State | None = field(default=None, repr=False)
 
     def cancel(self) -> None:
@@ -83,7 +84,8 @@ class Scheduler:
     ) -> None:
         self.model, self.vocab, self.max_batch, self.deliver = model.eval(), vocab, max_batch, deliver
         self.waiting: queue.Queue[Stream] = queue.Queue()
-        self.active: list[Stream] = []
+        self.active: list[Stream] = []  # the batch's streams in row order, then those that just joined
+        self.batch: tuple[torch.Tensor, State] | None = None  # logits (M, V), state of the first M
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -114,7 +116,7 @@ class Scheduler:
 
     def _end_all(self) -> None:
         self.deliver([(s, Event(s.index, "", [], error=SHUTTING_DOWN)) for s in self.active + self._drain()])
-        self.active = []
+        self.active, self.batch = [], None
 
     def _drain(self) -> list[Stream]:
         streams = []
@@ -158,14 +160,16 @@ class Scheduler:
 
     def _step(self) -> None:
         """Draw one character for every stream, report it, and advance the survivors together."""
-        streams = [s for s in self.active if not s.cancelled]
-        next_ids = self._draw(streams)
-        survivors, outbox = [], []
-        for stream, next_id in zip(streams, next_ids.tolist(), strict=True):
+        logits, state = self._assemble()  # (N, V), rows in the order of self.active
+        streams = self.active
+        next_ids = self._draw(streams, logits)
+        keep, outbox = [], []
+        for row, (stream, next_id) in enumerate(zip(streams, next_ids.tolist(), strict=True)):
             completion = stream.completion
-            assert completion is not None and stream.logits is not None
+            if stream.cancelled or completion is None:
+                continue
             shown_before = len(completion.text)
-            completion.add(next_id, stream.logits[0])
+            completion.add(next_id, logits[row])
             stream.generated += 1
             if completion.finish_reason is None and stream.generated >= stream.max_tokens:
                 completion.finish()
@@ -175,47 +179,61 @@ class Scheduler:
             if text or reason:
                 outbox.append((stream, Event(stream.index, text, tokens, reason, generated=stream.generated)))
             if reason is None:
-                survivors.append(stream)
+                keep.append(row)
         if outbox:
             self.deliver(outbox)
-        self.active = survivors
-        if not survivors:
+        self.active = [streams[row] for row in keep]
+        self.batch = None
+        if not keep:
             return
-        chosen = {id(s): i for i, s in enumerate(streams)}
+        if len(keep) < len(streams):
+            rows = torch.tensor(keep, device=next_ids.device)
+            next_ids, state = next_ids[rows], select_rows(state, rows.to(logits.device))
         device = self.model.head.weight.device
-        ids = next_ids[[chosen[id(s)] for s in survivors]].to(device)  # (N,)
-        logits, state = stepper_for(self.model).step(ids, concat_states([s.state for s in survivors]))
-        for row, stream in enumerate(survivors):
-            stream.logits = logits[row : row + 1]
-            stream.state = select_state(state, row)
+        self.batch = stepper_for(self.model).step(next_ids.to(device), state)
         self.steps += 1
-        self.largest_batch = max(self.largest_batch, len(survivors))
+        self.largest_batch = max(self.largest_batch, len(keep))
 
-    def _draw(self, streams: list[Stream]) -> torch.Tensor:
+    def _assemble(self) -> tuple[torch.Tensor, State]:
+        """The batch's logits and state, with the streams that joined since the last step appended
+        (their prime's logits and state, kept on the stream until now)."""
+        members = self.batch[0].shape[0] if self.batch is not None else 0
+        newcomers = self.active[members:]
+        logits = [self.batch[0]] if self.batch is not None else []
+        states = [self.batch[1]] if self.batch is not None else []
+        logits += [s.logits for s in newcomers if s.logits is not None]
+        states += [s.state for s in newcomers if s.state is not None]
+        for stream in newcomers:
+            stream.logits = stream.state = None
+        return torch.cat(logits), concat_states(states)
+
+    def _draw(self, streams: list[Stream], logits: torch.Tensor) -> torch.Tensor:
         """Next ids (N,): each stream's uniform number comes from its own generator, then streams with
         the same options are sampled as one batch (the same arithmetic per row as alone)."""
-        next_ids = torch.empty(len(streams), dtype=torch.long)
+        next_ids = torch.zeros(len(streams), dtype=torch.long)
         groups: dict[tuple[float, int | None, float | None], list[int]] = {}
-        for i, stream in enumerate(streams):
-            groups.setdefault((stream.temperature, stream.top_k, stream.top_p), []).append(i)
+        for row, stream in enumerate(streams):
+            if not stream.cancelled:
+                groups.setdefault((stream.temperature, stream.top_k, stream.top_p), []).append(row)
         for key, rows in groups.items():
-            logits = torch.cat([streams[i].logits for i in rows])  # type: ignore[misc]
             uniforms = None
             if key[0] > 0:  # greedy decoding draws nothing
-                device = logits.device
-                uniforms = torch.cat([draw_uniforms(1, streams[i].generator, device) for i in rows])
-            next_ids[rows] = sample_next(logits, *key, uniforms=uniforms).cpu()
+                draws = [draw_uniforms(1, streams[row].generator, logits.device) for row in rows]
+                uniforms = torch.cat(draws)
+            index = torch.tensor(rows)
+            next_ids[index] = sample_next(logits[index.to(logits.device)], *key, uniforms=uniforms).cpu()
         return next_ids
 
 
 def concat_states(states: Sequence[State | None]) -> State:
-    """Per-stream states, each (L, 1, H) or a pair of them for an LSTM -> one batch (L, N, H)."""
+    """States of batches or streams, each (L, n, H) or a pair of them for an LSTM -> (L, sum n, H)."""
     if isinstance(states[0], tuple):
         return tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))  # type: ignore[return-value]
     return torch.cat(states, dim=1)  # type: ignore[arg-type]
 
 
-def select_state(state: State, row: int) -> State:
+def select_rows(state: State, rows: torch.Tensor) -> State:
+    """The batch state of the streams at `rows` (N,), in that order."""
     if isinstance(state, tuple):
-        return tuple(part[:, row : row + 1] for part in state)  # type: ignore[return-value]
-    return state[:, row : row + 1]
+        return tuple(part.index_select(1, rows) for part in state)  # type: ignore[return-value]
+    return state.index_select(1, rows)
