@@ -18,8 +18,11 @@ ORDER = [
     "model",
     "stepper",
     "distributed",
+    "evaluation",
+    "policy",
     "trainer",
     "checkpoint",
+    "runstate",
     "sample",
     "metrics",
     "runner",
@@ -27,6 +30,7 @@ ORDER = [
     "scheduler",
     "protocol",
     "server",
+    "export",
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}
