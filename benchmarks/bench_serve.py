@@ -180,10 +180,12 @@ def render(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
         DOC_START,
-        "## Serving (`charlstm serve`, localhost; `python benchmarks/bench_serve.py --write-docs`)",
+        "## Serving",
         "",
-        f"A real server process ({m['threads']} torch threads) and the streaming clients in the benchmark's "
-        f"process, on the same {m['cpu_count']}-core machine, shared with other programs (1-minute load "
+        "`python benchmarks/bench_serve.py --write-docs`: "
+        f"a real `charlstm serve` process on localhost ({m['threads']} torch threads) and the streaming "
+        f"clients in the benchmark's process, on the same {m['cpu_count']}-core machine, shared with other "
+        "programs (1-minute load "
         f"{result['load_avg_1m_before']} before, {result['load_avg_1m_after']} after). Random weights; "
         f"{result['requests_per_level']} requests of {result['chars']} characters per level. "
         "Raw output: `docs/bench/serve.json`.",
@@ -250,7 +252,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 x 64, 1 and 8 clients, 20 chars")
     ap.add_argument("--out-json", default=str(ROOT / "docs" / "bench" / "serve.json"))
     ap.add_argument("--write-docs", action="store_true", help="put the table into docs/benchmarks.md")
+    ap.add_argument("--from-json", default=None, metavar="PATH", help="measure nothing: render PATH")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        write_docs(render(saved), ROOT / "docs" / "benchmarks.md")
+        return
     models, levels = (MODELS, LEVELS) if not args.quick else ({"quick 2 x 64": 64}, (1, 8))
     chars, requests = (20, 8) if args.quick else (args.chars, args.requests)
     vocab = sorted(set(bundled_text_light()))

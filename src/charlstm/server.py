@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
+import secrets
 import signal
 import socket
 import threading
@@ -88,7 +90,8 @@ def create_app(
         return error_response(ApiError(500, f"internal error: {type(error).__name__}", "server_error"))
 
     def check_key(request: Request) -> None:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+        given = request.headers.get("authorization", "").encode()
+        if api_key is not None and not secrets.compare_digest(given, f"Bearer {api_key}".encode()):
             message = "a wrong or missing API key: send `Authorization: Bearer KEY`"
             raise ApiError(401, message, "authentication_error", code="invalid_api_key")
 
@@ -111,7 +114,7 @@ def create_app(
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
         page = resources.files("charlstm").joinpath("static/playground.html").read_text(encoding="utf-8")
-        return HTMLResponse(page.replace("{{MODEL}}", name))
+        return HTMLResponse(page.replace("{{MODEL}}", html.escape(name)))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
