@@ -556,3 +556,11 @@ def test_a_port_in_use_is_one_line(tiny_checkpoint, capsys):
         taken.listen()
         assert main(["serve", str(tiny_checkpoint), "--port", str(taken.getsockname()[1])]) == 1
     assert "choose another --host or --port" in capsys.readouterr().err
+
+
+def test_charlstm_serve_without_the_extra_says_what_to_install(monkeypatch, tiny_checkpoint):
+    import charlstm
+
+    monkeypatch.setitem(sys.modules, "charlstm.server", None)
+    with pytest.raises(charlstm.CharLSTMError, match=r"pip install 'charlstm\[serve\]'"):
+        charlstm.serve(tiny_checkpoint)
