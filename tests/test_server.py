@@ -224,10 +224,11 @@ def test_logprobs_are_the_models_distribution(client, char_model):
     assert "".join(tokens) == streamed[0] == generated
 
 
-def test_models_and_health(client):
+def test_models_and_health(client, char_model):
     (card,) = client.get("/v1/models").json()["data"]
     assert card["id"] == "charlstm" and card["object"] == "model"
     assert card["training"]["note"] == "random weights" and card["vocab"] == "".join(VOCAB.chars)
+    assert card["parameters"] == char_model.model.num_parameters() and "path" not in card
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["active_streams"] >= 0
 
@@ -496,7 +497,8 @@ def test_sigterm_and_ctrl_c_end_streams_cleanly_and_exit_0(tiny_checkpoint, sig)
 def threaded_server(trained_run):
     """The app under uvicorn in a thread of this process (quick to start; the browser test's server)."""
     uvicorn = pytest.importorskip("uvicorn")
-    app = create_app(load(trained_run))
+    # CHARLSTM_PLAYGROUND_CHECKPOINT: a better-trained model for the docs' screenshot.
+    app = create_app(load(os.environ.get("CHARLSTM_PLAYGROUND_CHECKPOINT") or trained_run))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

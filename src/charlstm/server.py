@@ -108,7 +108,8 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         check_key(request)
-        card = {"id": name, "object": "model", "created": 0, "owned_by": "charlstm", **model.info()}
+        facts = {k: v for k, v in model.info().items() if k != "path"}  # no server paths to clients
+        card = {"id": name, "object": "model", "created": 0, "owned_by": "charlstm", **facts}
         return {"object": "list", "data": [card]}
 
     @app.get("/", response_class=HTMLResponse)
