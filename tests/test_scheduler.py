@@ -114,3 +114,35 @@ def test_stopping_ends_running_and_waiting_streams_and_refuses_new_ones(model):
     scheduler.submit(Stream(3, VOCAB.encode("a"), 5, inbox.emit))
     errors = {e.index for e in inbox.events if e.error}
     assert errors == {0, 1, 2, 3}
+
+
+def test_a_failing_stream_ends_with_an_error_and_the_scheduler_keeps_serving(model):
+    inbox = Inbox()
+    scheduler = run(model, [Stream(0, [len(VOCAB) + 5], 10, inbox.emit)])  # an id outside the embedding
+    inbox.wait(1)
+    assert "generation failed" in (inbox.events[-1].error or "")
+    scheduler.submit(Stream(1, VOCAB.encode("The"), 10, inbox.emit))
+    inbox.wait(2)
+    scheduler.stop()
+    assert len(inbox.texts()[1]) == 10
+
+
+def test_a_failing_step_ends_the_batch_with_errors_and_the_next_streams_run(model, monkeypatch):
+    import charlstm.scheduler as scheduler_module
+
+    real, failures = scheduler_module.stepper_for, []
+
+    class Broken:
+        def step(self, ids, state):
+            failures.append(len(ids))
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(scheduler_module, "stepper_for", lambda m: Broken() if not failures else real(m))
+    inbox = Inbox()
+    scheduler = run(model, [Stream(i, VOCAB.encode("The"), 10, inbox.emit) for i in range(2)])
+    inbox.wait(2)
+    assert all("out of memory" in (e.error or "") for e in inbox.events if e.error)
+    scheduler.submit(Stream(2, VOCAB.encode("The"), 10, inbox.emit))
+    inbox.wait(3)
+    scheduler.stop()
+    assert len(inbox.texts()[2]) == 10 and failures[0] >= 1

@@ -129,9 +129,13 @@ class Scheduler:
     def _run(self) -> None:
         with torch.inference_mode():
             while not self.stopping.is_set():
-                self._admit()
-                if self.active:
-                    self._step()
+                try:
+                    self._admit()
+                    if self.active:
+                        self._step()
+                except Exception as exc:  # end the streams it hit; never hang them or stop serving
+                    self.deliver([(s, Event(s.index, "", [], error=failure(exc))) for s in self.active])
+                    self.active, self.batch = [], None
         self._end_all()
 
     def _admit(self) -> None:
@@ -144,7 +148,10 @@ class Scheduler:
                 return
             if stream.cancelled:
                 continue
-            self._start(stream)
+            try:
+                self._start(stream)
+            except Exception as exc:
+                self.deliver([(stream, Event(stream.index, "", [], error=failure(exc)))])
 
     def _start(self, stream: Stream) -> None:
         device = self.model.head.weight.device
@@ -223,6 +230,10 @@ class Scheduler:
             index = torch.tensor(rows)
             next_ids[index] = sample_next(logits[index.to(logits.device)], *key, uniforms=uniforms).cpu()
         return next_ids
+
+
+def failure(exc: Exception) -> str:
+    return f"generation failed ({type(exc).__name__}: {exc})"
 
 
 def concat_states(states: Sequence[State | None]) -> State:
