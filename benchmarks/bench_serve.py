@@ -183,7 +183,7 @@ def render(result: dict[str, Any]) -> str:
         "## Serving",
         "",
         "`python benchmarks/bench_serve.py --write-docs`: "
-        f"a real `charlstm serve` process on localhost ({m['threads']} torch threads) and the streaming "
+        f"a real `charlstm serve` process on localhost (torch threads: {m['threads']}) and the streaming "
         f"clients in the benchmark's process, on the same {m['cpu_count']}-core machine, shared with other "
         "programs (1-minute load "
         f"{result['load_avg_1m_before']} before, {result['load_avg_1m_after']} after). Random weights; "
