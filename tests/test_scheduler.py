@@ -146,3 +146,17 @@ def test_a_failing_step_ends_the_batch_with_errors_and_the_next_streams_run(mode
     inbox.wait(3)
     scheduler.stop()
     assert len(inbox.texts()[2]) == 10 and failures[0] >= 1
+
+
+@pytest.mark.gpu
+def test_on_cuda_a_seeded_stream_gives_the_librarys_text_in_a_batch():
+    model = make_model(len(VOCAB), seed=4).cuda()
+    options = {"temperature": 0.8, "top_p": 0.9, "seed": 3}
+    expected = CharModel(model, VOCAB, {}).generate("The ", 60, echo=False, **options)
+    inbox = Inbox()
+    streams = [Stream(0, VOCAB.encode("The "), 60, inbox.emit, **options)]
+    streams += [Stream(i, VOCAB.encode("How "), 40, inbox.emit, seed=i) for i in range(1, 5)]
+    scheduler = run(model, streams)
+    inbox.wait(len(streams))
+    scheduler.stop()
+    assert inbox.texts()[0] == expected and scheduler.largest_batch >= 2
