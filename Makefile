@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_ddp.py
+	$(BIN)/python benchmarks/bench_serve.py --write-docs
 
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py
