@@ -533,6 +533,10 @@ def test_the_playground_streams_text_and_shows_top5_probabilities(threaded_serve
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.05
     page.focus("#text .gen >> nth=0")  # the keyboard reaches the same information
     assert "character 1 " in page.text_content("#probs")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert "character 3 " in page.text_content("#probs")
+    assert page.locator("#text .gen[tabindex='0']").count() == 1  # one tab stop, not thousands
     page.eval_on_selector("#length", "el => { el.value = '300'; el.dispatchEvent(new Event('input')); }")
     page.click("#generate")
     page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=60_000)
