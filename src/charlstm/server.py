@@ -3,7 +3,8 @@
 
 Requests are checked by `protocol.parse_request`, then each choice becomes a
 `scheduler.Stream`; the scheduler's thread steps all of them together and hands events back to
-the event loop, which only waits and writes. Every failure a client can cause is an OpenAI-style
+the event loop, which only waits and writes what `protocol.collect` and `protocol.sse` make of them.
+Every failure a client can cause is an OpenAI-style
 JSON error with a 4xx status.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import json
 import secrets
 import signal
 import socket
@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 
 from .api import CharModel
 from .errors import CharLSTMError
-from .protocol import ApiError, Job, parse_request
+from .protocol import ApiError, collect, parse_request, sse
 from .scheduler import Event, Scheduler, Stream, deliver_directly
 
 MAX_BODY_BYTES = 1_000_000
@@ -175,103 +175,6 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise too_big
     return body
-
-
-def logprobs_field(job: Job, tokens: list[Any], offset: int) -> dict[str, Any] | None:
-    if job.request.logprobs is None:
-        return None
-    return {
-        "tokens": [t.char for t in tokens],
-        "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [t.top_logprobs for t in tokens],
-        "text_offset": list(range(offset, offset + len(tokens))),
-    }
-
-
-async def collect(
-    job: Job, header: dict[str, Any], streams: list[Stream], events: asyncio.Queue[Event]
-) -> dict[str, Any]:
-    texts = [job.echo_text(i) for i in range(len(streams))]
-    tokens: list[list[Any]] = [[] for _ in streams]
-    reasons: list[str | None] = [None] * len(streams)
-    generated = 0
-    while any(r is None for r in reasons):
-        event = await events.get()
-        if event.error:
-            raise ApiError(503, event.error, "server_error")
-        texts[event.index] += event.text
-        tokens[event.index] += event.tokens
-        if event.finish_reason:
-            reasons[event.index] = event.finish_reason
-            generated += event.generated
-    choices = [
-        {"index": i, "text": texts[i], "finish_reason": reasons[i],
-         "logprobs": logprobs_field(job, tokens[i], len(job.echo_text(i)))}
-        for i in range(len(streams))
-    ]  # fmt: skip
-    return {**header, "choices": choices, "usage": job.usage(generated)}
-
-
-def sse_line(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n"
-
-
-async def sse(
-    job: Job, header: dict[str, Any], streams: list[Stream], events: asyncio.Queue[Event]
-) -> AsyncIterator[str]:
-    """Server-Sent Events: the echoed prompt (if asked), then each new piece of text, then the
-    usage (if asked) and `[DONE]`. A client that goes away cancels the streams at once."""
-    offsets = [0] * len(streams)
-    try:
-        for i in range(len(streams)):
-            if job.echo_text(i):
-                offsets[i] = len(job.echo_text(i))
-                yield sse_line({**header, "choices": [choice(i, job.echo_text(i), None, None)]})
-        open_choices, generated = len(streams), 0
-        while open_choices:
-            # Whatever piled up while this client was written to goes out as one chunk per choice.
-            batch = [await events.get()]
-            while not events.empty():
-                batch.append(events.get_nowait())
-            failed = next((e for e in batch if e.error), None)
-            if failed is not None:
-                error = {"message": failed.error, "type": "server_error", "param": None, "code": None}
-                yield sse_line({"error": error})
-                break
-            lines = []
-            for event in merge_events(batch):
-                logprobs = logprobs_field(job, event.tokens, offsets[event.index])
-                offsets[event.index] += len(event.text)
-                piece = choice(event.index, event.text, logprobs, event.finish_reason)
-                lines.append(sse_line({**header, "choices": [piece]}))
-                if event.finish_reason:
-                    open_choices -= 1
-                    generated += event.generated
-            yield "".join(lines)
-        else:
-            if job.include_usage:
-                yield sse_line({**header, "choices": [], "usage": job.usage(generated)})
-        yield sse_line("[DONE]")
-    finally:
-        for stream in streams:
-            stream.cancel()
-
-
-def merge_events(events: list[Event]) -> list[Event]:
-    """Consecutive pieces of the same choice as one (the last piece's finish reason and count)."""
-    merged: dict[int, Event] = {}
-    for event in events:
-        before = merged.get(event.index)
-        if before is not None:
-            event = Event(event.index, before.text + event.text, before.tokens + event.tokens,
-                          event.finish_reason, None, event.generated)  # fmt: skip
-        merged[event.index] = event
-    return list(merged.values())
-
-
-def choice(index: int, text: str, logprobs: dict[str, Any] | None, reason: str | None) -> dict[str, Any]:
-    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
 
 
 class _Server(uvicorn.Server):
