@@ -1,11 +1,10 @@
 """An OpenAI-compatible HTTP server over a `CharModel`: /v1/completions (streaming or not),
 /v1/models, /health and a playground page at /. Needs the [serve] extra (FastAPI, uvicorn).
 
-Requests are checked by `protocol.parse_request`, then each choice becomes a
-`scheduler.Stream`; the scheduler's thread steps all of them together and hands events back to
-the event loop, which only waits and writes what `protocol.collect` and `protocol.sse` make of them.
-Every failure a client can cause is an OpenAI-style
-JSON error with a 4xx status.
+Requests are checked by `protocol.parse_request`, then each choice becomes a `scheduler.Stream`;
+the scheduler's thread steps all of them together and hands events back to the event loop, which
+only waits and writes what `protocol.collect` and `protocol.sse` make of them. Every failure a
+client can cause is an OpenAI-style JSON error with a 4xx status.
 """
 
 from __future__ import annotations
