@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_ddp.py
+	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/report.py
 
 bench-quality: install

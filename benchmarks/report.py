@@ -276,9 +276,15 @@ def render_gpu(gpu: Result) -> str:
     return "\n".join(lines)
 
 
+def render_serve(serve: Result) -> str:
+    from bench_serve import render  # the serving benchmark knows its own table
+
+    return render(serve)
+
+
 def blocks(bench: Path = BENCH) -> dict[str, str]:
     """Every generated block of the page, by marker name, from the JSON files in `bench`."""
-    results = {name: r for name in ("train", "sample", "data", "ddp", "quality", "gpu_h200")
+    results = {name: r for name in ("train", "sample", "data", "ddp", "quality", "gpu_h200", "serve")
                if (r := load(name, bench)) is not None}
     renderers: dict[str, Callable[[], str]] = {
         "provenance": lambda: render_provenance(results),
@@ -287,6 +293,7 @@ def blocks(bench: Path = BENCH) -> dict[str, str]:
         "quality": lambda: render_quality(results["quality"]),
         "ddp": lambda: render_ddp(results["ddp"]),
         "gpu": lambda: render_gpu(results["gpu_h200"]),
+        "serve": lambda: render_serve(results["serve"]),
     }
     return {name: render() for name, render in renderers.items()}
 

@@ -211,3 +211,17 @@ def test_train_on_cuda_saves_a_checkpoint_that_loads_on_cpu(tmp_path, tiny_text_
     sample = on_gpu.generate(prime="The", length=30, seed=1)
     assert sample == on_gpu.generate(prime="The", length=30, seed=1)
     assert sample.startswith("The") and set(sample) <= set(on_gpu.vocab.chars)
+
+
+def test_generate_and_stream_share_stop_echo_and_logprobs(trained_run):
+    model = charlstm.load(trained_run)
+    full = model.generate(prime="Pack", length=60, seed=5, echo=False)
+    stop = full[20:22]
+    assert model.generate(prime="Pack", length=60, seed=5, stop=stop) == "Pack" + full[: full.index(stop)]
+    assert "".join(model.stream(prime="Pack", length=60, seed=5, stop=[stop])) == full[: full.index(stop)]
+    assert "".join(model.stream(prime="Pack", length=60, seed=5, echo=True)) == "Pack" + full
+    result = model.generate(prime="Pack", length=60, seed=5, echo=False, logprobs=3)
+    assert result.text == full and result.finish_reason == "length"
+    assert [t.char for t in result.tokens] == list(full)
+    streamed = list(model.stream(prime="Pack", length=60, seed=5, logprobs=3))
+    assert streamed == result.tokens

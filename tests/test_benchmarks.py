@@ -230,6 +230,25 @@ def test_report_check_fails_on_a_hand_edited_table(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_bench_serve_quick(tmp_path: Path):
+    out_json = tmp_path / "serve.json"
+    result = run_quick("bench_serve.py", "--out-json", str(out_json))
+    assert json.loads(out_json.read_text(encoding="utf-8")) == result
+    (entry,) = result["models"].values()
+    assert set(entry["levels"]) == {"1", "8"}
+    for clients, level in entry["levels"].items():
+        assert level["requests"] == 8 and level["chars_received"] == 8 * 20, clients
+        assert level["chars_per_sec"] > 0 and 0 < level["ttfc_p50_s"] <= level["ttfc_p99_s"]
+    assert entry["largest_batch"] > 1  # the eight clients really shared steps
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from bench_serve import render
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    section = render(result)
+    assert section.count("| quick 2 x 64 |") == 4 and "| 64 clients >= 20 x" in section
+
+
 def test_finetune_curve_quick(tmp_path: Path, trained_run: Path):
     out_json, plot, doc = tmp_path / "f.json", tmp_path / "f.png", tmp_path / "finetune.md"
     real_doc = BENCHMARKS.parent / "docs" / "finetune.md"

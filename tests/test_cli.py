@@ -266,7 +266,7 @@ def undocumented(doc: str) -> list[str]:
     parser = build_parser()
     (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     commands = dict(subparsers.choices)
-    assert set(commands) == {"train", "sample", "eval", "info", "export"}
+    assert set(commands) == {"train", "sample", "serve", "eval", "info", "export"}
     sections = doc_sections(doc)
     assert set(sections) == {"", *commands}
     missing = []
@@ -291,6 +291,42 @@ def test_the_flags_doc_check_notices_a_missing_flag():
     assert without != doc
     assert undocumented(without) == ["sample --top-p"]  # `--top-k` does not count for `--top-p`
     assert "train --seed" in undocumented(doc.replace("`--seed S` | 1 |", "seed |"))
+
+
+def test_sample_stop_no_echo_and_output_file(cli_run, tmp_path, capsys):
+    flags = ["sample", str(cli_run), "--prime", "fox", "--length", "200", "--temperature", "0"]
+    assert main(flags) == 0
+    full = capsys.readouterr().out.rstrip("\n")
+    stop = full[5:7]  # two generated characters, so the stop is found after the prime
+    assert main([*flags, "--stop", stop, "--stop", "\x01never"]) == 0
+    assert capsys.readouterr().out == full[: full.index(stop, 3)] + "\n"
+    assert main([*flags, "--no-echo"]) == 0
+    assert capsys.readouterr().out == full[3:] + "\n"
+    out_file = tmp_path / "sample.txt"
+    assert main([*flags, "--output", str(out_file)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and str(out_file) in captured.err
+    assert out_file.read_text(encoding="utf-8") == full + "\n"
+
+
+def test_sample_logprobs_lists_each_generated_character(cli_run, capsys):
+    flags = ["--prime", "fox", "--length", "12", "--logprobs", "3", "--seed", "1"]
+    assert main(["sample", str(cli_run), *flags]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 12
+    generated = captured.out.rstrip("\n")[3:]
+    for char, line in zip(generated, lines, strict=True):
+        shown, logprob, alternatives = line.split("\t")
+        assert shown == repr(char) and float(logprob) <= 0
+        assert alternatives.count("'") >= 6  # three quoted alternatives
+    assert main(["sample", str(cli_run), "--prime", "fox", "--logprobs", "6"]) == 1
+    assert "--logprobs" in one_error_line(capsys, stdout="")
+
+
+def test_sample_output_to_an_unwritable_path_is_one_line(cli_run, tmp_path, capsys):
+    assert main(["sample", str(cli_run), "--length", "3", "--output", str(tmp_path / "no" / "x.txt")]) == 1
+    assert "--output" in one_error_line(capsys)
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -29,6 +29,9 @@ ORDER = [
     "runfolder",
     "runner",
     "api",
+    "scheduler",
+    "protocol",
+    "server",
     "export",
     "cli",
 ]

@@ -9,10 +9,14 @@ from conftest import make_model
 from charlstm import sample as sample_module
 from charlstm.errors import CharLSTMError
 from charlstm.sample import (
+    StopMatcher,
     check_sampling_options,
+    complete,
     default_prime,
     generate_texts,
     sample_next,
+    stepper_for,
+    stream_completion,
     stream_ids,
     stream_text,
 )
@@ -263,6 +267,97 @@ def test_draws_follow_the_distribution_after_filtering():
     counts = torch.bincount(sample_next(logits, 0.5, None, None, generator), minlength=4).float() / 20000
     squared = torch.tensor([0.05, 0.15, 0.5, 0.3]) ** 2
     assert torch.allclose(counts, squared / squared.sum(), atol=0.015)
+
+
+# ---------------------------------------------------------------- stop, logprobs, the stepper cache
+
+
+def matched(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
+    matcher = StopMatcher(stops)
+    shown, stopped = "", False
+    for piece in pieces:
+        text, stopped = matcher.push(piece)
+        shown += text
+        if stopped:
+            return shown, True
+    return shown + matcher.flush(), False
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_stop_is_found_across_piece_boundaries_and_never_shown(size):
+    text = "the cat sat on the mat"
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    assert matched(["sat"], pieces) == ("the cat ", True)
+    assert matched(["mat", "on"], pieces) == ("the cat sat ", True)  # the earliest stop wins
+    assert matched(["dog", "the dog"], pieces) == (text, False)  # held-back text comes out at the end
+
+
+def test_stop_matcher_holds_back_only_a_possible_start():
+    matcher = StopMatcher(["abc"])
+    assert matcher.push("xxa") == ("xx", False)
+    assert matcher.push("b") == ("", False)
+    assert matcher.push("x") == ("abx", False)
+
+
+def test_complete_stops_early_and_sets_finish_reasons(model):
+    full = generate_texts(model, VOCAB, prime_ids(), 80, temperature=0)[0]
+    stop = full[10:12]
+    (cut,) = complete(model, VOCAB, prime_ids(), 80, temperature=0, stop=[stop])
+    assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
+    (whole,) = complete(model, VOCAB, prime_ids(), 80, temperature=0, stop=["\x00"])
+    assert whole.text == full and whole.finish_reason == "length"
+
+
+def test_stream_completion_equals_complete_with_stop(model):
+    full = generate_texts(model, VOCAB, prime_ids(), 80, seed=3)[0]
+    stop = full[30:33]
+    pieces = list(stream_completion(model, VOCAB, prime_ids(), 80, seed=3, stop=[stop]))
+    assert "".join(pieces) == full[: full.index(stop)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0])
+def test_logprobs_are_the_model_distribution_after_temperature(model, temperature):
+    (completion,) = complete(model, VOCAB, prime_ids(), 6, temperature=temperature, seed=2, logprobs=5)
+    assert len(completion.tokens) == 6
+    context = prime_ids()
+    for token in completion.tokens:
+        logits, _ = model(torch.tensor([context]))
+        expected = torch.log_softmax(logits[0, -1] / (temperature or 1.0), dim=-1)
+        top = expected.topk(5)
+        assert list(token.top_logprobs) == [VOCAB.chars[i] for i in top.indices.tolist()]
+        assert list(token.top_logprobs.values()) == pytest.approx(top.values.tolist(), abs=1e-4)
+        assert token.logprob == pytest.approx(expected[VOCAB.index[token.char]].item(), abs=1e-4)
+        context.append(VOCAB.index[token.char])
+    assert sum(math.exp(v) for v in completion.tokens[0].top_logprobs.values()) <= 1 + 1e-6
+
+
+def test_logprobs_follow_the_shown_text_when_a_stop_cuts_it(model):
+    full = generate_texts(model, VOCAB, prime_ids(), 60, temperature=0)[0]
+    stop = full[20:23]
+    (completion,) = complete(model, VOCAB, prime_ids(), 60, temperature=0, stop=[stop], logprobs=0)
+    assert "".join(t.char for t in completion.tokens) == completion.text
+    assert all(t.top_logprobs == {} for t in completion.tokens)
+    tokens = list(stream_completion(model, VOCAB, prime_ids(), 60, temperature=0, stop=[stop], logprobs=2))
+    assert [t.char for t in tokens] == list(completion.text)
+
+
+@pytest.mark.parametrize("logprobs", [-1, 6])
+def test_bad_logprobs_raise_at_the_call(model, logprobs):
+    with pytest.raises(CharLSTMError, match="--logprobs"):
+        stream_completion(model, VOCAB, prime_ids(), 5, logprobs=logprobs)
+
+
+def test_the_stepper_is_built_once_per_model_and_again_after_a_weight_changes(model):
+    first = stepper_for(model)
+    assert stepper_for(model) is first
+    assert stepper_for(make_model(len(VOCAB), "lstm", seed=5)) is not first
+    before = generate_texts(model, VOCAB, prime_ids(), 30, temperature=0)
+    with torch.no_grad():
+        model.head.bias.add_(torch.linspace(-3, 3, len(VOCAB)))
+    assert stepper_for(model) is not first
+    after = generate_texts(model, VOCAB, prime_ids(), 30, temperature=0)
+    assert after != before
+    assert after[0] == "".join(stream_text(model, VOCAB, prime_ids(), 30, temperature=0))
 
 
 def test_the_sampling_table_is_built_once_per_model(tiny_checkpoint, monkeypatch):

@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from .evaluation import HeldOut
 from .metrics import score
 from .model import CharRNN
 from .runner import train
-from .sample import default_prime, generate_texts, stream_text
+from .sample import Completion, Token, complete, default_prime, stream_completion
 from .trainer import pick_device
 from .vocab import Vocab
 
@@ -58,27 +59,38 @@ class CharModel:
         num_samples: int = 1,
         seed: int | None = None,
         drop_unknown: bool = False,
-    ) -> str | list[str]:
-        """The prime followed by `length` sampled characters; a list when `num_samples` > 1.
+        stop: str | Sequence[str] = (),
+        echo: bool = True,
+        logprobs: int | None = None,
+    ) -> str | list[str] | Completion | list[Completion]:
+        """The prime (unless `echo=False`) followed by up to `length` sampled characters; a list
+        when `num_samples` > 1.
 
-        `temperature=0` is greedy. With no prime, sampling starts after a line break.
+        `temperature=0` is greedy. With no prime, sampling starts after a line break. Generation
+        ends before the first of the `stop` strings (never included). With `logprobs=N` (0-5)
+        each result is a `Completion` whose `tokens` give every generated character's
+        log-probability and the N likeliest alternatives (see `sample.token_logprobs`).
         """
         given = prime
         prime, ids = self.encode_prime(prime, drop_unknown)
-        texts = generate_texts(
+        completions = complete(
             self.model,
             self.vocab,
             ids,
             length,
-            num_samples=num_samples,
+            num_samples,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+            logprobs=logprobs,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             seed=seed,
         )
-        shown = given or ""
-        texts = [shown + text for text in texts]
-        return texts[0] if num_samples == 1 else texts
+        shown = (given or "") if echo else ""
+        for completion in completions:
+            completion.text = shown + completion.text
+        results = completions if logprobs is not None else [c.text for c in completions]
+        return results[0] if num_samples == 1 else results
 
     def stream(
         self,
@@ -89,19 +101,28 @@ class CharModel:
         top_p: float | None = None,
         seed: int | None = None,
         drop_unknown: bool = False,
-    ) -> Iterator[str]:
-        """The sampled characters one at a time, as they are produced (the prime not repeated)."""
+        stop: str | Sequence[str] = (),
+        echo: bool = False,
+        logprobs: int | None = None,
+    ) -> Iterator[str | Token]:
+        """The sampled text in pieces as it is produced (the prime first only with `echo=True`).
+        With `logprobs=N`, one `Token` per generated character instead (the echoed prime, if any,
+        still comes first as a string). A possible start of a stop string is held back until
+        it is clear it is not one."""
         _, ids = self.encode_prime(prime, drop_unknown)
-        return stream_text(
+        pieces = stream_completion(
             self.model,
             self.vocab,
             ids,
             length,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+            logprobs=logprobs,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             seed=seed,
         )
+        return itertools.chain([prime] if echo and prime else [], pieces)
 
     def evaluate(self, text: str | None = None) -> dict[str, float]:
         """Loss (nats/char), bits per char and perplexity of `text`, each character predicted from

@@ -1,4 +1,4 @@
-"""Command line: `charlstm train | sample | eval | info`. The only module that reads argv,
+"""Command line: `charlstm train | sample | serve | eval | info`. The only module that reads argv,
 prints, and sets exit codes; everything else is the Python API."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .distributed import context_from_env
 from .errors import CharLSTMError
 from .metrics import format_record
 from .presets import AUTO_CHOSEN, PRESETS
+from .sample import Completion, Token
 from .trainer import Hooks, Trainer
 from .vocab import describe_chars
 
@@ -124,6 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
     p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     p.add_argument("--drop-unknown", action="store_true", help="drop prime characters never seen")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default: cpu)")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="S", help="end before text S (repeatable; S not shown)"
+    )
+    p.add_argument("--no-echo", action="store_true", help="do not print the prime before the sample")
+    p.add_argument(
+        "--logprobs", type=int, default=None, metavar="N",
+        help="after the sample, list each character's log-probability and the N (0-5) likeliest "
+        "alternatives on stderr",
+    )
+    p.add_argument("--output", metavar="FILE", default=None, help="write the sample to FILE, not stdout")
+
+    p = commands.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible) with a playground")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=None, help="require this key as `Authorization: Bearer KEY`")
+    p.add_argument("--max-batch", type=int, default=64, help="streams stepped together (default: 64)")
+    p.add_argument(
+        "--max-tokens-cap", type=int, default=4096, help="largest max_tokens allowed (default: 4096)"
+    )
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default: cpu)")
 
     p = commands.add_parser("eval", help="score a text: loss, bits per character, perplexity")
@@ -305,12 +327,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_sample(args: argparse.Namespace) -> int:
     model = load(args.checkpoint, args.device)
-    options = dict(
+    options: dict[str, Any] = dict(
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
         drop_unknown=args.drop_unknown,
+        stop=args.stop,
+        logprobs=args.logprobs,
     )
     if args.top_k is not None and args.top_k > len(model.vocab):
         print(
@@ -318,18 +342,73 @@ def run_sample(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         options["top_k"] = len(model.vocab)
+    echo = not args.no_echo
     if args.num_samples == 1:
-        chars = model.stream(args.prime, args.length, **options)
-        sys.stdout.write(args.prime or "")
-        for char in chars:
-            sys.stdout.write(char)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        return 0
-    texts = model.generate(args.prime, args.length, num_samples=args.num_samples, **options)
-    for number, text in enumerate(texts, start=1):
-        print(f"===== sample {number} of {len(texts)} =====")
-        print(text)
+        # Options are checked here, before anything is written.
+        samples: Any = model.stream(args.prime, args.length, echo=echo, **options)
+    else:
+        samples = model.generate(args.prime, args.length, num_samples=args.num_samples, echo=echo, **options)
+    out = sys.stdout if args.output is None else open_output(args.output)
+    try:
+        if args.num_samples == 1:
+            tokens: list[Token] = []
+            for piece in samples:
+                if isinstance(piece, Token):
+                    tokens.append(piece)
+                    piece = piece.char
+                out.write(piece)
+                out.flush()
+            out.write("\n")
+            print_logprobs(tokens, args.logprobs)
+        else:
+            for number, result in enumerate(samples, start=1):
+                text = result.text if isinstance(result, Completion) else result
+                print(f"===== sample {number} of {len(samples)} =====", file=out)
+                print(text, file=out)
+                if isinstance(result, Completion):
+                    print(f"===== log-probabilities of sample {number} =====", file=sys.stderr)
+                    print_logprobs(result.tokens, args.logprobs)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    if args.output is not None:
+        print(f"wrote the sample to {args.output}", file=sys.stderr)
+    return 0
+
+
+def open_output(path: str) -> typing.TextIO:
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise CharLSTMError(f"cannot write --output {path}: {exc.strerror}; choose another path") from exc
+
+
+def print_logprobs(tokens: Sequence[Token], count: int | None) -> None:
+    """One line per generated character: the character, its log-probability, the alternatives."""
+    if count is None:
+        return
+    for token in tokens:
+        alternatives = "  ".join(f"{char!r} {value:.3f}" for char, value in token.top_logprobs.items())
+        print(f"{token.char!r}\t{token.logprob:.3f}\t{alternatives}", file=sys.stderr)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import serve
+    except ImportError as exc:
+        raise CharLSTMError(
+            f"serving needs the [serve] extra ({exc.name} is missing): pip install 'charlstm[serve]'"
+        ) from exc
+    model = load(args.checkpoint, args.device)
+    serve(
+        model,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        max_tokens_cap=args.max_tokens_cap,
+        on_ready=lambda url: print(f"serving {model.path} at {url} (Ctrl-C stops)", file=sys.stderr),
+    )
     return 0
 
 
@@ -404,6 +483,7 @@ def run_export(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": run_train,
     "sample": run_sample,
+    "serve": run_serve,
     "eval": run_eval,
     "info": run_info,
     "export": run_export,
