@@ -17,6 +17,7 @@ ORDER = [
     "data",
     "model",
     "stepper",
+    "gates",
     "distributed",
     "trainer",
     "checkpoint",
@@ -24,6 +25,9 @@ ORDER = [
     "metrics",
     "runner",
     "api",
+    "inspection",
+    "inspect_page",
+    "plot",
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}

@@ -17,6 +17,7 @@ from . import runner
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .errors import CharLSTMError
+from .gates import Inspection, trace
 from .metrics import score
 from .model import CharRNN
 from .runner import Callbacks
@@ -171,6 +172,12 @@ class CharModel:
                 reduction="sum",
             ).item()
         return {**score(total, pairs), "num_chars": len(text), "unknown_chars": unknown}
+
+    def inspect(self, text: str, top_k: int = 5) -> Inspection:
+        """Per character: the probability the model gave it and its top-k guesses for the next
+        one; per layer: every state and gate as (T, hidden_size) numpy arrays (see gates.py)."""
+        self.model.eval()
+        return trace(self.model, self.vocab, text, top_k)
 
     def save_pretrained(self, path: str | Path) -> Path:
         return save_checkpoint(path, self.model, self.vocab, self.training)
