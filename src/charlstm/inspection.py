@@ -1,0 +1,200 @@
+"""Reading what a model learned: units that track simple features of the text, the training text
+behind a checkpoint, and how much of a sample is copied from it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .api import CharModel
+from .data import BUNDLED_NAME, bundled_text, read_corpus
+from .errors import CharLSTMError
+from .gates import GATES, Inspection
+
+OPENING_QUOTES = {'"': '"', "\u201c": "\u201d", "\u00ab": "\u00bb"}
+OPENING_BRACKETS = {"(": ")", "[": "]", "{": "}"}
+NOVELTY_LENGTHS = (10, 20, 40)
+_HASH_BASE = np.uint64(1_000_003)
+
+
+def inside_quotes(text: str) -> np.ndarray:
+    """1 while a quotation is open after reading each character (so 1 at the opening quote, 0 at
+    the closing one, as a unit's state after that character would be); straight quotes alternate."""
+    out = np.zeros(len(text), dtype=np.float32)
+    closing: str | None = None
+    for t, char in enumerate(text):
+        if closing is not None and char == closing:
+            closing = None
+        elif closing is None and char in OPENING_QUOTES:
+            closing = OPENING_QUOTES[char]
+        out[t] = closing is not None
+    return out
+
+
+def bracket_depth(text: str) -> np.ndarray:
+    """How many brackets are open at each character (an unmatched closing one counts as none)."""
+    out = np.zeros(len(text), dtype=np.float32)
+    depth = 0
+    closers = set(OPENING_BRACKETS.values())
+    for t, char in enumerate(text):
+        if char in OPENING_BRACKETS:
+            depth += 1
+        elif char in closers:
+            depth = max(0, depth - 1)
+        out[t] = depth
+    return out
+
+
+def _count_since(text: str, resets: Callable[[str], bool]) -> np.ndarray:
+    """Characters since the last one for which `resets` holds (0 at that character)."""
+    out = np.zeros(len(text), dtype=np.float32)
+    count = 0
+    for t, char in enumerate(text):
+        count = 0 if resets(char) else count + 1
+        out[t] = count
+    return out
+
+
+def text_features(text: str) -> dict[str, np.ndarray]:
+    """The simple signals Karpathy et al. found single cells tracking, one value per character."""
+    return {
+        "inside quotes": inside_quotes(text),
+        "position in line": _count_since(text, lambda c: c == "\n"),
+        "bracket depth": bracket_depth(text),
+        "position in word": _count_since(text, lambda c: not c.isalnum()),
+    }
+
+
+@dataclass(frozen=True)
+class UnitScore:
+    layer: int
+    kind: str  # "tanh_c", "h", a gate name, ...
+    unit: int
+    feature: str  # a key of text_features, or "variance"
+    score: float  # |correlation| with the feature, or the activation's variance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "kind": self.kind,
+            "unit": self.unit,
+            "feature": self.feature,
+            "score": round(self.score, 4),
+        }
+
+
+def _abs_correlation(values: np.ndarray, feature: np.ndarray) -> np.ndarray:
+    """|Pearson correlation| of each column of values (T, H) with feature (T,); 0 for a constant unit."""
+    centred = values - values.mean(axis=0)
+    target = feature - feature.mean()
+    spread = np.sqrt((centred**2).sum(axis=0) * (target**2).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(spread > 0, (target @ centred) / spread, 0.0)
+    return np.abs(corr)
+
+
+def ranked_kinds(cell: str) -> tuple[str, ...]:
+    """The activations that rank units: the squashed cell state and h (bounded, so comparable)."""
+    return ("tanh_c", "h") if cell == "lstm" else ("h",)
+
+
+def rank_units(result: Inspection, per_feature: int = 5) -> list[UnitScore]:
+    """For each text feature that varies in the text, the `per_feature` units best correlated with
+    it; then the `per_feature` units of highest variance. Each group is sorted, best first."""
+    features = {name: f for name, f in text_features(result.text).items() if f.std() > 0}
+    ranked: list[UnitScore] = []
+    candidates = [
+        (k, kind, layer[kind]) for k, layer in enumerate(result.layers) for kind in ranked_kinds(result.cell)
+    ]
+    for name, feature in features.items():
+        scored = [
+            UnitScore(k, kind, int(u), name, float(s))
+            for k, kind, values in candidates
+            for u, s in enumerate(_abs_correlation(values.astype(np.float64), feature))
+        ]
+        ranked += sorted(scored, key=lambda s: -s.score)[:per_feature]
+    by_variance = [
+        UnitScore(k, kind, int(u), "variance", float(v))
+        for k, kind, values in candidates
+        for u, v in enumerate(values.var(axis=0))
+    ]
+    ranked += sorted(by_variance, key=lambda s: -s.score)[:per_feature]
+    return ranked
+
+
+Saturation = dict[str, dict[str, list[float]]]  # gate -> {"low": [...], "high": [...]} per unit
+
+
+def saturation(result: Inspection, low: float = 0.1, high: float = 0.9) -> list[Saturation]:
+    """Per layer, per gate: each unit's fraction of steps below `low` and above `high` (the 2015
+    paper's left- and right-saturation)."""
+    return [
+        {
+            gate: {
+                "low": (layer[gate] < low).mean(axis=0).round(4).tolist(),
+                "high": (layer[gate] > high).mean(axis=0).round(4).tolist(),
+            }
+            for gate in GATES[result.cell]
+        }
+        for layer in result.layers
+    ]
+
+
+def training_text(model: CharModel) -> str:
+    """The text the checkpoint was trained on, from its training facts (the bundled novel when
+    that was the data)."""
+    sources = model.training.get("data")
+    if not sources:
+        raise CharLSTMError("the checkpoint does not say what text it was trained on; pass a text or --file")
+    if sources == [BUNDLED_NAME]:
+        return bundled_text()
+    missing = [s for s in sources if not Path(s).exists()]
+    if missing:
+        raise CharLSTMError(f"the training text {missing[0]} is gone; pass a text or --file instead")
+    text, _ = read_corpus(sources, model.training.get("encoding", "utf-8"))
+    return text
+
+
+def validation_text(model: CharModel) -> str:
+    """The held-out end of the training text (the last `val_frac` of it, as training split it)."""
+    text = training_text(model)
+    val_frac = model.training.get("config", {}).get("val_frac", 0.1)
+    return text[int(len(text) * (1 - val_frac)) :]
+
+
+def _ngram_hashes(codes: np.ndarray, n: int) -> np.ndarray:
+    """A 64-bit polynomial hash of every n-character window of `codes` (code points), computed
+    as n vectorised passes; windows that differ collide with odds of about 2**-64 each."""
+    hashes = np.zeros(len(codes) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # wrapping modulo 2**64 is the point
+        for j in range(n):
+            hashes = hashes * _HASH_BASE + codes[j : j + len(hashes)]
+    return hashes
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
+
+
+def novelty(
+    sample: str, reference: str, lengths: tuple[int, ...] = NOVELTY_LENGTHS
+) -> dict[int, float | None]:
+    """For each n in `lengths`: the share of the sample's n-character windows that occur verbatim
+    in `reference` (None when the sample is shorter than n). The reference's windows are hashed
+    once per n, so a 2-million-character novel takes well under a second per length."""
+    sample_codes, reference_codes = _code_points(sample), _code_points(reference)
+    shares: dict[int, float | None] = {}
+    for n in lengths:
+        if len(sample_codes) < n:
+            shares[n] = None
+            continue
+        if len(reference_codes) < n:
+            shares[n] = 0.0
+            continue
+        found = np.isin(_ngram_hashes(sample_codes, n), _ngram_hashes(reference_codes, n))
+        shares[n] = float(found.mean())
+    return shares
