@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .api import load, train
+from .api import CharModel, load, train
 from .config import ModelConfig, TrainConfig
 from .data import read_corpus
 from .distributed import context_from_env
@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     p.add_argument("--drop-unknown", action="store_true", help="drop prime characters never seen")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    p.add_argument(
+        "--novelty",
+        action="store_true",
+        help="print the share of the sample's 10-, 20-, 40-character substrings found in the training text",
+    )
 
     p = commands.add_parser("eval", help="score a text: loss, bits per character, perplexity")
     p.add_argument("checkpoint", metavar="CKPT")
@@ -117,7 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="describe a checkpoint")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_inspect_parsers(commands)
     return parser
+
+
+def add_inspect_parsers(commands: Any) -> None:
+    p = commands.add_parser("inspect", help="write an HTML page of predictions, units and gates on a text")
+    p.add_argument("checkpoint", metavar="CKPT_OR_RUN", help="checkpoint folder, or a run folder (its best)")
+    p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="the text to inspect")
+    p.add_argument("--file", default=None, help="inspect this text file instead")
+    p.add_argument(
+        "--split", choices=["val"], default=None, help="the held-out end of the training text (the default)"
+    )
+    p.add_argument("--sample", type=int, default=None, metavar="N", help="inspect a fresh N-character sample")
+    p.add_argument("--seed", type=int, default=None, help="seed for --sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="temperature for --sample (default: 1.0)")
+    p.add_argument("-o", "--out", default="inspect.html", help="the page to write (default: inspect.html)")
+    p.add_argument("--max-chars", type=int, default=5000, help="inspect at most this many characters")
+    p.add_argument("--encoding", default="utf-8", help="encoding of --file (default: utf-8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+
+    p = commands.add_parser("plot", help="plot the loss curves of one or more training runs to a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.jsonl)")
+    p.add_argument("-o", "--out", default="curves.png", help="the PNG to write (default: curves.png)")
+    p.add_argument("--x", choices=["step", "time", "chars"], default="step", help="x axis (default: step)")
 
 
 class ProgressReporter:
@@ -272,16 +300,32 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.num_samples == 1:
         chars = model.stream(args.prime, args.length, **options)
         sys.stdout.write(args.prime or "")
+        generated = []
         for char in chars:
             sys.stdout.write(char)
             sys.stdout.flush()
+            generated.append(char)
         sys.stdout.write("\n")
+        if args.novelty:
+            print_novelty(model, ["".join(generated)])
         return 0
     texts = model.generate(args.prime, args.length, num_samples=args.num_samples, **options)
     for number, text in enumerate(texts, start=1):
         print(f"===== sample {number} of {len(texts)} =====")
         print(text)
+    if args.novelty:
+        print_novelty(model, [text[len(args.prime or "") :] for text in texts])
     return 0
+
+
+def print_novelty(model: CharModel, samples: list[str]) -> None:
+    """On stderr, so the sample on stdout stays clean: how much of each sample is copied."""
+    from .inspection import describe_novelty, novelty, training_text
+
+    reference = training_text(model)
+    for number, sample in enumerate(samples, start=1):
+        label = f"sample {number}: " if len(samples) > 1 else ""
+        print(f"novelty: {label}{describe_novelty(novelty(sample, reference))}", file=sys.stderr)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -320,7 +364,63 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "info": run_info}
+def run_inspect(args: argparse.Namespace) -> int:
+    from .inspect_page import write_page
+    from .inspection import describe_novelty, training_text, validation_text
+
+    sources = {"TEXT": args.text, "--file": args.file, "--split": args.split, "--sample": args.sample}
+    given = [name for name, value in sources.items() if value is not None]
+    if len(given) > 1:
+        raise CharLSTMError(f"give one of TEXT, --file, --split val and --sample, not {' and '.join(given)}")
+    model = load(args.checkpoint, args.device)
+    reference = None
+    if args.text is not None:
+        text, source = args.text, "the given text"
+    elif args.file is not None:
+        text, source = read_corpus([args.file], args.encoding)[0], args.file
+    elif args.sample is not None:
+        text = str(model.generate(None, args.sample, temperature=args.temperature, seed=args.seed))
+        source, reference = f"a {args.sample}-character sample", training_text(model)
+    else:
+        text, source = validation_text(model), "the validation text"
+    data = write_page(model, text, args.out, source, args.max_chars, reference)
+    summary = data["summary"]
+    print(
+        f"wrote {args.out}: {summary['characters']:,} characters of {source}, loss {summary['loss']:.4f} "
+        f"nats/char ({summary['bpc']:.4f} bits/char); open it in a browser"
+    )
+    best: dict[str, dict[str, Any]] = {}
+    for unit in data["ranking"]:
+        best.setdefault(unit["feature"], unit)
+    for feature, unit in best.items():
+        print(
+            f"  best unit for {feature}: layer {unit['layer']} {unit['kind']} unit {unit['unit']} "
+            f"(score {unit['score']:.3f})"
+        )
+    if data["novelty"]:
+        print(f"  novelty: {describe_novelty({int(n): s for n, s in data['novelty'].items()})}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_curves
+
+    curves = plot_curves(args.runs, args.out, args.x)
+    print(f"wrote {args.out}")
+    for curve in curves:
+        best = "no finite val loss" if curve.best is None else f"best val loss {curve.best[1]:.4f} nats/char"
+        print(f"  {curve.name}: {len(curve.x)} evaluations, {best}")
+    return 0
+
+
+COMMANDS = {
+    "train": run_train,
+    "sample": run_sample,
+    "eval": run_eval,
+    "info": run_info,
+    "inspect": run_inspect,
+    "plot": run_plot,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
