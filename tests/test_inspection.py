@@ -147,3 +147,17 @@ def test_training_and_validation_text(tmp_path):
         training_text(charmodel({"data": [str(tmp_path / "missing.txt")]}))
     with pytest.raises(CharLSTMError, match="does not say"):
         training_text(charmodel({}))
+
+
+def test_cli_sample_novelty(trained_run, capsys):
+    from charlstm.cli import main
+
+    assert main(["sample", str(trained_run), "--length", "80", "--seed", "2", "--novelty"]) == 0
+    captured = capsys.readouterr()
+    sample = captured.out[:-1]  # the sampled characters, then a line break
+    shares = novelty(sample, TINY_TEXT)
+    expected = f"10-char {100 * shares[10]:.1f}%, 20-char {100 * shares[20]:.1f}%"
+    assert expected in captured.err
+    assert main(["sample", str(trained_run), "--length", "30", "--num-samples", "2", "--novelty"]) == 0
+    err = capsys.readouterr().err
+    assert "sample 2:" in err and "40-char -" in err  # 30 characters hold no 40-character substring

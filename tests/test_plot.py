@@ -93,3 +93,18 @@ def test_write_curves_on_a_trained_run(trained_run, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     records = MetricsLog(run / "metrics.jsonl").read()
     assert read_curve(run).val_loss == [r["val_loss"] for r in records]
+
+
+def test_cli_plot(tmp_path, capsys):
+    from charlstm.cli import main
+
+    first = fake_run(tmp_path, "a", [3.0, 2.0], [0.01, 0.01])
+    second = fake_run(tmp_path, "b", [2.5, 2.4], [0.01, 0.01])
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(first), str(second), "-o", str(out), "--x", "chars"]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "a: 2 evaluations, best val loss 2.0000" in printed
+    assert "b: 2 evaluations, best val loss 2.4000" in printed
+    assert main(["plot", str(tmp_path / "nothing")]) == 1
+    assert "metrics.jsonl" in capsys.readouterr().err
