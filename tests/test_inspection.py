@@ -141,6 +141,9 @@ def test_training_and_validation_text(tmp_path):
     model = charmodel({"data": [str(path)], "encoding": "utf-8", "config": {"val_frac": 0.2}})
     assert training_text(model) == "0123456789" * 10
     assert validation_text(model) == "0123456789" * 2
+    path.write_text("a" * 80 + 'b"c\n\nd' + "e" * 14, encoding="utf-8")
+    assert validation_text(model) == "d" + "e" * 14  # from the first paragraph break
+    assert validation_text(model, align=False) == 'b"c\n\nd' + "e" * 14
     bundled = training_text(charmodel({"data": [BUNDLED_NAME]}))
     assert len(bundled) > 1_000_000
     with pytest.raises(CharLSTMError, match="gone"):

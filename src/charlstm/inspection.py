@@ -18,6 +18,7 @@ from .gates import GATES, Inspection
 OPENING_QUOTES = {'"': '"', "\u201c": "\u201d", "\u00ab": "\u00bb"}
 OPENING_BRACKETS = {"(": ")", "[": "]", "{": "}"}
 NOVELTY_LENGTHS = (10, 20, 40)
+PARAGRAPH_SEARCH = 2000
 _HASH_BASE = np.uint64(1_000_003)
 
 
@@ -159,11 +160,15 @@ def training_text(model: CharModel) -> str:
     return text
 
 
-def validation_text(model: CharModel) -> str:
-    """The held-out end of the training text (the last `val_frac` of it, as training split it)."""
+def validation_text(model: CharModel, align: bool = True) -> str:
+    """The held-out end of the training text (the last `val_frac` of it, as training split it).
+    With `align`, it starts after the first paragraph break in its first 2,000 characters: the
+    cut falls anywhere, often inside a quotation, which would invert a quote cell's reading."""
     text = training_text(model)
     val_frac = model.training.get("config", {}).get("val_frac", 0.1)
-    return text[int(len(text) * (1 - val_frac)) :]
+    held_out = text[int(len(text) * (1 - val_frac)) :]
+    paragraph = held_out.find("\n\n", 0, PARAGRAPH_SEARCH)
+    return held_out[paragraph + 2 :] if align and paragraph >= 0 else held_out
 
 
 def _ngram_hashes(codes: np.ndarray, n: int) -> np.ndarray:
