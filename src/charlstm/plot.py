@@ -126,7 +126,8 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, x: str = "step") ->
                     f"best {curve.best[1]:.3f}",
                     curve.best,
                     textcoords="offset points",
-                    xytext=(4, -12),
+                    xytext=(-6, 8),
+                    ha="right",
                     fontsize=8,
                     color=colour,
                 )
