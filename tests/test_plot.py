@@ -108,3 +108,31 @@ def test_cli_plot(tmp_path, capsys):
     assert "b: 2 evaluations, best val loss 2.4000" in printed
     assert main(["plot", str(tmp_path / "nothing")]) == 1
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def test_without_matplotlib_plot_is_one_line_error(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from charlstm.cli import main
+
+    run = fake_run(tmp_path, "a", [3.0, 2.0], [0.01, 0.01])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what a missing [plot] extra looks like
+    assert main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 1
+    assert (
+        capsys.readouterr().err
+        == "charlstm: error: plotting needs matplotlib: pip install 'charlstm[plot]'\n"
+    )
+
+
+@pytest.mark.slow
+def test_the_cli_loads_neither_matplotlib_nor_the_inspection_modules():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, charlstm.cli; "
+        "print([m for m in ('matplotlib', 'charlstm.plot', 'charlstm.inspect_page') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
