@@ -106,7 +106,7 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, x: str = "step") ->
                 curve.val_loss,
                 color=colour,
                 marker="." if len(curve.x) < 40 else None,
-                label=f"{curve.name} val",
+                label=f"{curve.name} val" + (f" (best {curve.best[1]:.3f})" if curve.best else ""),
             )
             for at, rate in curve.lr_changes:
                 ax.axvline(at, color=colour, linestyle=":", linewidth=1)
@@ -122,15 +122,6 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, x: str = "step") ->
                 )
             if curve.best is not None:
                 ax.plot(*curve.best, marker="*", markersize=12, color=colour, linestyle="none")
-                ax.annotate(
-                    f"best {curve.best[1]:.3f}",
-                    curve.best,
-                    textcoords="offset points",
-                    xytext=(-6, 8),
-                    ha="right",
-                    fontsize=8,
-                    color=colour,
-                )
         ax.set_xlabel(X_AXES[x])
         ax.set_ylabel("loss (nats/char)")
         bits = ax.secondary_yaxis("right", functions=(lambda v: v / math.log(2), lambda v: v * math.log(2)))
@@ -138,7 +129,9 @@ def plot_curves(run_dirs: list[str | Path], out: str | Path, x: str = "step") ->
         ax.grid(True, alpha=0.3)
         ax.spines["top"].set_visible(False)
         ax.legend(fontsize=8, frameon=False)
-        ax.set_title("training (dashed) and validation (solid) loss", fontsize=10)
+        ax.set_title(
+            "training (dashed) and validation (solid) loss; best validation point starred", fontsize=10
+        )
         fig.tight_layout()
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
