@@ -126,3 +126,14 @@ def test_keyboard_focus_shows_predictions(browser_page, tmp_path):
     assert page.locator("#popup .prediction").count() == 5
     assert "after h" in page.inner_text("#popup")
     assert browser_page.errors == []
+
+
+@pytest.mark.slow
+def test_an_rnn_page_has_no_gates_to_plot(browser_page, tmp_path):
+    path = tmp_path / "page.html"
+    write_page(quoted_model("rnn"), TEXT, path, "a test")
+    page = open_page(browser_page, path)
+    options = page.eval_on_selector_all("#colour option", "o => o.map(e => e.value)")
+    assert options == ["surprisal", "0:h", "1:h"]
+    assert "no gates" in page.inner_text("#saturation")
+    assert browser_page.errors == []
