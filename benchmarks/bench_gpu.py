@@ -23,6 +23,7 @@ import torch
 import charlstm
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.data import StreamBatches, bundled_text, encode_corpus
+from charlstm.evaluation import HeldOut
 from charlstm.model import CharRNN
 from charlstm.trainer import Trainer
 from charlstm.vocab import Vocab
@@ -71,7 +72,8 @@ def throughput(preset_options: dict[str, Any], precision: str, steps: int = 60) 
     torch.manual_seed(0)
     model = CharRNN(model_config).to(DEVICE)
     batches = StreamBatches(ids, config.batch_size, config.seq_len, DEVICE)
-    trainer = Trainer(model, config, batches, batches)
+    held_out = HeldOut(ids[-100_000:], config.batch_size, config.seq_len, DEVICE)
+    trainer = Trainer(model, config, batches, held_out)
     for i in range(10):
         window = batches[i]
         trainer.train_step(window.inputs, window.targets)

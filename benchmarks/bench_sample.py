@@ -41,12 +41,11 @@ def build_models(vocab: Vocab, hidden: int, seed: int) -> tuple[CharModel, Tutor
     """The tutorial's net and a charlstm model with the same weights; the largest logit difference."""
     torch.manual_seed(seed)
     tutorial = TutorialRNN(vocab.chars, n_hidden=hidden, n_layers=2, drop_prob=0.5).eval()
-    config = ModelConfig(vocab_size=len(vocab), hidden_size=hidden, num_layers=2, dropout=0.5)
-    if config.input_size != len(vocab):
-        raise SystemExit("the identity embedding needs hidden >= vocabulary size")
-    model = CharRNN(config).eval()
+    config = ModelConfig(
+        vocab_size=len(vocab), hidden_size=hidden, num_layers=2, dropout=0.5, embedding_size=0
+    )
+    model = CharRNN(config).eval()  # one-hot input, as the tutorial's
     with torch.no_grad():
-        model.embedding.weight.copy_(torch.eye(len(vocab)))
         model.rnn.load_state_dict(tutorial.lstm.state_dict())
         model.head.load_state_dict(tutorial.fc.state_dict())
         ids = np.array([[vocab.index[c] for c in PRIME]])

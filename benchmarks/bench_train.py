@@ -39,7 +39,8 @@ from tutorial_baseline import CharRNN as TutorialRNN
 from tutorial_baseline import encode_text, get_batches, train_step, validate
 
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.data import StreamBatches, bundled_text, encode_corpus, split_train_val, validation_batches
+from charlstm.data import StreamBatches, bundled_text, encode_corpus, split_train_val
+from charlstm.evaluation import HeldOut
 from charlstm.model import CharRNN
 from charlstm.trainer import Trainer
 from charlstm.vocab import Vocab
@@ -67,7 +68,7 @@ def setup_charlstm(text: str, args: argparse.Namespace) -> Bench:
     torch.manual_seed(args.seed)
     batches = StreamBatches(train_ids, args.batch, args.seq)
     trainer = Trainer(CharRNN(model_config), config, batches,
-                      validation_batches(val_ids, args.batch, args.seq, "cpu"))
+                      HeldOut(val_ids, args.batch, args.seq, "cpu"))
     position = iter(range(10**12))
 
     def step() -> None:

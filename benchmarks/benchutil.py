@@ -120,3 +120,35 @@ def bundled_text_light() -> str:
         raise RuntimeError("charlstm is not installed in this environment")
     corpus = Path(next(iter(spec.submodule_search_locations))) / "corpora" / "anna_karenina.txt.xz"
     return lzma.decompress(corpus.read_bytes()).decode("utf-8")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """What a figure needs beside it: the machine, the commit and the date, under 'machine'/'date'."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    info = {**machine(threads), "cpu": cpu_model(), "cores": os.cpu_count(), "commit": commit}
+    return {"machine": info, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}
+
+
+def render_between_markers(path: Path, name: str, body: str) -> None:
+    """Replace the text between `<!-- begin NAME -->` and `<!-- end NAME -->` in `path`."""
+    begin, end = f"<!-- begin {name} (generated: do not edit by hand) -->", f"<!-- end {name} -->"
+    text = path.read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: no {begin} ... {end} markers to write between")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{body}\n{end}{tail}", encoding="utf-8")

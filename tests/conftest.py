@@ -19,6 +19,7 @@ import torch
 from charlstm.checkpoint import save_checkpoint
 from charlstm.config import ModelConfig
 from charlstm.model import CharRNN
+from charlstm.trainer import Hooks
 from charlstm.vocab import Vocab
 
 torch.set_num_threads(1)
@@ -51,6 +52,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def fn_hooks(**functions: Any) -> Hooks:
+    """Training hooks from plain functions (instance attributes shadow the no-op methods)."""
+    hooks = Hooks()
+    for name, function in functions.items():
+        setattr(hooks, name, function)
+    return hooks
 
 
 def make_model(vocab_size: int, cell: str = "lstm", seed: int = 0, **options) -> CharRNN:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import TINY_TEXT, TINY_TRAIN_OPTIONS
+from conftest import TINY_TEXT, TINY_TRAIN_OPTIONS, fn_hooks
 from torch.nn import functional as F
 
 import charlstm
@@ -87,14 +87,19 @@ def test_evaluate_reports_loss_bpc_perplexity_and_unknown_chars(trained_run):
     assert 0 < result["loss"] < math.log(len(model.vocab)) + 0.5
 
 
-def test_evaluate_equals_one_forward_pass_over_the_text(trained_run):
+def test_evaluate_equals_one_forward_pass_over_each_stream(trained_run):
+    """1,499 predictions in the run's 4 streams, each scored in windows with the state carried."""
     model = charlstm.load(trained_run)
-    text = TINY_TEXT[:1500]  # 1,499 predictions: one stream, scored in chunks with the state carried
-    ids = torch.tensor([model.vocab.encode(text)])
+    text = TINY_TEXT[:1500]
+    ids = torch.tensor(model.vocab.encode(text))
+    width = math.ceil(1499 / 4)
+    total = 0.0
     with torch.no_grad():
-        logits, _ = model.model(ids[:, :-1])
-    expected = F.cross_entropy(logits[0], ids[0, 1:]).item()
-    assert model.evaluate(text)["loss"] == pytest.approx(expected, abs=1e-5)
+        for start in range(0, 1499, width):
+            row = ids[start : min(start + width, 1499) + 1]
+            logits, _ = model.model(row[None, :-1])
+            total += F.cross_entropy(logits[0], row[1:], reduction="sum").item()
+    assert model.evaluate(text)["loss"] == pytest.approx(total / 1499, abs=1e-5)
 
 
 def test_evaluate_needs_two_known_characters(trained_run):
@@ -130,9 +135,11 @@ def test_callbacks_see_the_start_every_step_and_every_evaluation(tmp_path, tiny_
     charlstm.train(
         [tiny_text_file],
         tmp_path / "run",
-        on_start=starts.append,
-        on_step=lambda trainer, loss: steps.append(trainer.progress.step),
-        on_eval=lambda trainer, record, best: evals.append(record["step"]),
+        hooks=fn_hooks(
+            on_start=starts.append,
+            on_step=lambda trainer, loss: steps.append(trainer.progress.step),
+            on_eval=lambda trainer, record, best: evals.append(record["step"]),
+        ),
         **TINY_TRAIN_OPTIONS,
     )
     assert len(starts) == 1

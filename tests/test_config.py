@@ -24,7 +24,7 @@ def test_defaults_are_valid():
         ({"vocab_size": 10, "num_layers": 0}, "--num-layers"),
         ({"vocab_size": 10, "dropout": 1.0}, "--dropout"),
         ({"vocab_size": 10, "dropout": -0.1}, "--dropout"),
-        ({"vocab_size": 10, "embedding_size": 0}, "--embedding-size"),
+        ({"vocab_size": 10, "embedding_size": -1}, "--embedding-size"),
     ],
 )
 def test_model_config_rejects_bad_values_naming_the_flag(options, flag):

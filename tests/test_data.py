@@ -20,7 +20,6 @@ from charlstm.data import (
     read_corpus,
     read_text_file,
     split_train_val,
-    validation_batches,
 )
 from charlstm.errors import CharLSTMError
 from charlstm.vocab import Vocab
@@ -112,7 +111,7 @@ def test_folder_reads_its_txt_files_in_sorted_order(tmp_path):
     write(tmp_path / "sub" / "c.txt", b"third")
     write(tmp_path / "notes.md", b"ignored")
     text, sources = read_corpus([tmp_path])
-    assert text == "first second third"
+    assert text == "first \nsecond \nthird", "files are joined with a line break"
     assert sources == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), str(tmp_path / "sub" / "c.txt")]
 
 
@@ -124,7 +123,7 @@ def test_folder_without_txt_files_is_refused(tmp_path):
 
 def test_files_keep_the_order_given(tmp_path):
     a, b = write(tmp_path / "a.txt", b"A"), write(tmp_path / "b.txt", b"B")
-    assert read_corpus([b, a])[0] == "BA"
+    assert read_corpus([b, a])[0] == "B\nA"
 
 
 def test_no_paths_means_the_bundled_novel():
@@ -212,7 +211,7 @@ def test_split_matches_the_tutorial(length, val_frac):
 )
 def test_windows_match_the_tutorial_get_batches(length, batch_size, seq_len):
     arr = np.arange(length)
-    batches = StreamBatches(arr, batch_size, seq_len)
+    batches = StreamBatches(arr, batch_size, seq_len, wrap_targets=True)
     expected = list(tutorial_get_batches(arr, batch_size, seq_len))
     assert len(batches) == len(expected)
     assert len(list(batches)) == len(expected)
@@ -224,11 +223,28 @@ def test_windows_match_the_tutorial_get_batches(length, batch_size, seq_len):
 
 
 def test_docstring_example_layout():
-    batches = StreamBatches(np.arange(12, dtype=np.uint8), batch_size=2, seq_len=3)
+    batches = StreamBatches(np.arange(13, dtype=np.uint8), batch_size=2, seq_len=3)
     assert batches[0].inputs.tolist() == [[0, 1, 2], [6, 7, 8]]
     assert batches[0].targets.tolist() == [[1, 2, 3], [7, 8, 9]]
     assert batches[1].inputs.tolist() == [[3, 4, 5], [9, 10, 11]]
-    assert batches[1].targets.tolist() == [[4, 5, 0], [10, 11, 6]]
+    assert batches[1].targets.tolist() == [[4, 5, 6], [10, 11, 12]]
+    wrapped = StreamBatches(np.arange(13, dtype=np.uint8), batch_size=2, seq_len=3, wrap_targets=True)
+    assert wrapped[1].inputs.tolist() == [[3, 4, 5], [9, 10, 11]]
+    assert wrapped[1].targets.tolist() == [[4, 5, 0], [10, 11, 6]]
+
+
+def test_targets_are_always_the_true_next_character_unless_wrapped():
+    ids = np.arange(1000) % 251
+    batches = StreamBatches(ids.astype(np.uint8), batch_size=3, seq_len=7)
+    for window in batches:
+        assert torch.equal((window.inputs + 1) % 251, window.targets)
+
+
+def test_one_extra_character_is_needed_for_the_last_true_target():
+    with pytest.raises(CharLSTMError, match="too short"):
+        StreamBatches(np.arange(6), batch_size=2, seq_len=3, wrap_targets=False)
+    assert len(StreamBatches(np.arange(6), batch_size=2, seq_len=3, wrap_targets=True)) == 1
+    assert len(StreamBatches(np.arange(7), batch_size=2, seq_len=3, wrap_targets=False)) == 1
 
 
 def test_each_row_of_the_next_window_continues_the_same_row():
@@ -243,9 +259,9 @@ def test_each_row_of_the_next_window_continues_the_same_row():
 
 def test_compact_ids_come_out_as_int64():
     ids = np.arange(60, dtype=np.int16)
-    window = StreamBatches(ids, 2, 5)[0]
+    window = StreamBatches(ids, 2, 5)[0]  # 59 inputs have a next character: 5 windows a row
     assert window.inputs.dtype == torch.int64
-    assert window.inputs.tolist() == [[0, 1, 2, 3, 4], [30, 31, 32, 33, 34]]
+    assert window.inputs.tolist() == [[0, 1, 2, 3, 4], [25, 26, 27, 28, 29]]
 
 
 def test_num_chars_counts_the_trimmed_text():
@@ -266,18 +282,6 @@ def test_too_short_text_is_a_clear_error():
     with pytest.raises(CharLSTMError, match="too short") as info:
         StreamBatches(np.arange(99), batch_size=10, seq_len=10)
     assert "--batch-size" in str(info.value)
-
-
-def test_validation_uses_fewer_rows_when_short():
-    batches = validation_batches(np.arange(25), batch_size=10, seq_len=8, device="cpu")
-    assert batches.batch_size == 3
-    assert len(batches) == 1
-    assert batches[0].inputs.tolist() == [list(range(0, 8)), list(range(8, 16)), list(range(16, 24))]
-
-
-def test_validation_shorter_than_one_window_is_a_clear_error():
-    with pytest.raises(CharLSTMError, match="validation text too short"):
-        validation_batches(np.arange(7), batch_size=4, seq_len=8, device="cpu")
 
 
 # ---------------------------------------------------------------- prepare_corpus (streaming, memory-mapped)
@@ -355,7 +359,7 @@ def test_prepare_corpus_keeps_text_from_any_file(tmp_path):
     blank = write(tmp_path / "a.txt", b"   \n")
     text = write(tmp_path / "b.txt", b"x y")
     corpus = prepare_corpus([blank, text])
-    assert corpus.vocab.decode(corpus.ids.tolist()) == "   \nx y"
+    assert corpus.vocab.decode(corpus.ids.tolist()) == "   \n\nx y"
 
 
 def test_invalid_byte_after_a_byte_order_mark_names_its_offset_in_the_file(tmp_path):

@@ -29,15 +29,22 @@ def first_layers(model: CharRNN, count: int) -> torch.nn.RNNBase:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("num_layers", [1, 3])
-def test_recomputed_states_equal_the_fused_module(cell, num_layers):
+@pytest.mark.parametrize(("num_layers", "embedding_size"), [(1, None), (3, None), (2, 0)])  # 0: one-hot
+def test_recomputed_states_equal_the_fused_module(cell, num_layers, embedding_size):
     vocab = Vocab.from_text(TINY_TEXT)
-    model = make_model(len(vocab), cell, seed=num_layers, hidden_size=12, num_layers=num_layers)
+    model = make_model(
+        len(vocab),
+        cell,
+        seed=num_layers,
+        hidden_size=12,
+        num_layers=num_layers,
+        embedding_size=embedding_size,
+    )
     result = trace(model, vocab, TEXT)
     idx = torch.tensor([vocab.encode(TEXT)])
     with torch.no_grad():
         logits, final = model(idx)
-        embedded = model.embedding(idx)
+        embedded = model.input_vectors(idx)
         for k in range(num_layers):
             out, _ = first_layers(model, k + 1)(embedded)
             np.testing.assert_allclose(result.layers[k]["h"], out[0].numpy(), atol=ATOL)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import fn_hooks
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -182,7 +183,7 @@ def test_auto_trains_on_a_short_text_that_the_tutorial_preset_refuses(tmp_path):
         max_steps=2,
         eval_interval=1,
         device="cpu",
-        on_start=seen.update,
+        hooks=fn_hooks(on_start=seen.update),
     )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records and all(record["val_loss"] > 0 for record in records)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY_TEXT, TINY_TRAIN_OPTIONS
+from conftest import TINY_TEXT, TINY_TRAIN_OPTIONS, fn_hooks
 
 from charlstm.errors import CharLSTMError
 from charlstm.runner import (
     MODEL_OPTIONS,
     RESUMABLE_CHANGES,
     TRAIN_OPTIONS,
-    Callbacks,
     prepare_out_dir,
     split_options,
     train,
@@ -90,8 +89,8 @@ def test_resume_of_a_finished_run_with_more_steps_continues_it(tmp_path, tiny_te
     out = train([tiny_text_file], tmp_path / "run", **{**TINY_TRAIN_OPTIONS, "max_steps": 3})
     steps: list[int] = []
     starts: list[dict] = []
-    callbacks = Callbacks(on_start=starts.append, on_step=lambda t, _loss: steps.append(t.progress.step))
-    train([], out, resume=True, max_steps=5, callbacks=callbacks)
+    hooks = fn_hooks(on_start=starts.append, on_step=lambda t, _loss: steps.append(t.progress.step))
+    train([], out, resume=True, max_steps=5, hooks=hooks)
     assert starts[0]["resumed"] is True and starts[0]["start_step"] == 3
     assert steps == [4, 5]
 
@@ -100,8 +99,8 @@ def test_resume_may_lower_the_learning_rate(tmp_path, tiny_text_file):
     """After a divergence the advice is to resume with a lower rate: it must take effect."""
     out = train([tiny_text_file], tmp_path / "run", **{**TINY_TRAIN_OPTIONS, "max_steps": 3})
     rates: list[float] = []
-    callbacks = Callbacks(on_step=lambda t, _loss: rates.append(t.optimizer.param_groups[0]["lr"]))
-    train([], out, resume=True, max_steps=5, learning_rate=1e-5, callbacks=callbacks)
+    hooks = fn_hooks(on_step=lambda t, _loss: rates.append(t.optimizer.param_groups[0]["lr"]))
+    train([], out, resume=True, max_steps=5, learning_rate=1e-5, hooks=hooks)
     assert rates == [1e-5, 1e-5]
 
 

@@ -2,33 +2,27 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from conftest import fn_hooks, make_model
 from torch.nn import functional as F
 
-from charlstm import trainer as trainer_module
 from charlstm.config import TrainConfig
-from charlstm.data import StreamBatches, encode_corpus, split_train_val, validation_batches
+from charlstm.data import StreamBatches, encode_corpus, split_train_val
 from charlstm.errors import CharLSTMError
-from charlstm.trainer import (
-    EVAL_COST_FACTOR,
-    MIN_EVAL_STEPS,
-    Hooks,
-    Trainer,
-    default_eval_interval,
-    pick_device,
-)
+from charlstm.evaluation import HeldOut
+from charlstm.policy import EVAL_COST_FACTOR, MIN_EVAL_STEPS, default_eval_interval
+from charlstm.runstate import capture, restore
+from charlstm.trainer import Trainer, pick_device
 from charlstm.vocab import Vocab
 
 RECORD_KEYS = {"step", "epoch", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"}
 
 
 def make_trainer(
-    text: str, *, hidden_size=32, num_layers=1, cell="lstm", dropout=0.0, hooks=None, **options
+    text: str, *, hidden_size=32, num_layers=1, cell="lstm", dropout=0.0, hooks=None, clock=None, **options
 ) -> Trainer:
     options = {"batch_size": 4, "seq_len": 8, "device": "cpu", **options}
     config = TrainConfig(**options)
@@ -41,8 +35,9 @@ def make_trainer(
         model,
         config,
         StreamBatches(train_ids, config.batch_size, config.seq_len, config.device),
-        validation_batches(val_ids, config.batch_size, config.seq_len, config.device),
+        HeldOut(val_ids, config.batch_size, config.seq_len, config.device),
         hooks,
+        **({"clock": clock} if clock else {}),
     )
 
 
@@ -51,7 +46,7 @@ def as_tuple(state):
 
 
 class FakeClock:
-    """Stands in for `time` in the trainer: each reading is one second later than the last."""
+    """Stands in for the trainer's clock: each reading is one second later than the last."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -73,7 +68,7 @@ def test_tiny_model_overfits_a_repetitive_text():
         max_steps=100,
         epochs=1000,
         eval_interval=1000,
-        hooks=Hooks(on_step=lambda _, loss: losses.append(loss.item())),
+        hooks=fn_hooks(on_step=lambda _, loss: losses.append(loss.item())),
     )
     progress = trainer.fit()
     assert progress.step == 100
@@ -134,9 +129,9 @@ def test_epochs_bound_the_run_without_max_steps():
     assert progress.history[-1]["epoch"] == 2.0
 
 
-def test_max_time_stops_the_run(monkeypatch):
-    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=FakeClock().perf_counter))
-    trainer = make_trainer("abcdefgh " * 40, max_time=6.0, epochs=100, eval_interval=1000)
+def test_max_time_stops_the_run():
+    clock = FakeClock().perf_counter
+    trainer = make_trainer("abcdefgh " * 40, max_time=6.0, epochs=100, eval_interval=1000, clock=clock)
     progress = trainer.fit()
     assert 1 <= progress.step < 10
     assert progress.step < trainer.total_steps
@@ -147,7 +142,7 @@ def test_max_time_stops_the_run(monkeypatch):
 def test_should_stop_stops_the_run_after_the_current_step_and_saves():
     steps: list[int] = []
     saved: list[int] = []
-    hooks = Hooks(
+    hooks = fn_hooks(
         on_step=lambda trainer, _loss: steps.append(trainer.progress.step),
         on_save=lambda trainer: saved.append(trainer.progress.step),
         should_stop=lambda: len(steps) >= 3,
@@ -175,14 +170,14 @@ def test_state_dict_resumes_training_exactly():
 
     first = make_trainer(text, max_steps=4, **options)
     first.fit()
-    tensors, meta = first.state_dict()
+    tensors, meta = capture(first)
     weights = {k: v.clone() for k, v in first.model.state_dict().items()}
     json.dumps(meta)  # the facts are plain JSON
 
     second = make_trainer(text, max_steps=10, **options)
     torch.manual_seed(12345)  # whatever the generator holds now, resuming restores it
     second.model.load_state_dict(weights)
-    second.load_state_dict(tensors, meta)
+    restore(second, tensors, meta, where="test")
     assert second.progress.step == 4
     second.fit()
     for name, value in straight.model.state_dict().items():
@@ -196,7 +191,7 @@ def test_metrics_records_have_the_documented_keys_and_consistent_values():
         max_steps=7,
         epochs=100,
         eval_interval=3,
-        hooks=Hooks(on_eval=lambda _, record, best: records.append((record, best))),
+        hooks=fn_hooks(on_eval=lambda _, record, best: records.append((record, best))),
     )
     progress = trainer.fit()
     assert [r["step"] for r, _ in records] == [3, 6, 7]
@@ -232,29 +227,32 @@ def test_default_eval_interval_rule():
 def test_default_schedule_also_validates_early_but_an_explicit_interval_is_exact():
     trainer = make_trainer("abcdefgh " * 2000, eval_interval=None, max_steps=20)
     interval = trainer.eval_interval
-    assert trainer.early_evals == {interval // 4, interval // 2} - {0}
+    assert trainer.policy.early_evals == {interval // 4, interval // 2} - {0}
     explicit = make_trainer("abcdefgh " * 2000, eval_interval=8, max_steps=20)
-    assert explicit.early_evals == frozenset()
+    assert explicit.policy.early_evals == frozenset()
     explicit.fit()
     assert [r["step"] for r in explicit.progress.history] == [8, 16, 20]
 
 
 def test_trainer_uses_the_default_eval_interval_unless_given():
     trainer = make_trainer("abcdefgh " * 200)
-    assert trainer.eval_interval == default_eval_interval(len(trainer.val_batches), trainer.steps_per_epoch)
+    assert trainer.eval_interval == default_eval_interval(len(trainer.held_out), trainer.steps_per_epoch)
     assert make_trainer("abcdefgh " * 200, eval_interval=2).eval_interval == 2
 
 
 def test_evaluate_equals_one_pass_over_each_validation_stream():
     trainer = make_trainer("the quick brown fox jumps over the lazy dog " * 20, batch_size=3, seq_len=5)
-    batches = trainer.val_batches
-    assert len(batches) >= 2
-    inputs = torch.cat([w.inputs for w in batches], dim=1)
-    targets = torch.cat([w.targets for w in batches], dim=1)
+    held_out = trainer.held_out
+    assert len(held_out) >= 2
+    total, count = 0.0, 0
     with torch.no_grad():
-        logits, _ = trainer.model.eval()(inputs)
-    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)).item()
-    assert trainer.evaluate() == pytest.approx(expected, abs=1e-5)
+        for start in held_out.row_starts.tolist():
+            row = held_out.ids[start : min(start + held_out.width, held_out.pairs) + 1].long()
+            logits, _ = trainer.model.eval()(row[None, :-1])
+            total += F.cross_entropy(logits[0], row[1:], reduction="sum").item()
+            count += len(row) - 1
+    assert count == held_out.pairs
+    assert trainer.evaluate() == pytest.approx(total / count, abs=1e-5)
 
 
 def test_grad_clip_bounds_the_update():

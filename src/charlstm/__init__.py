@@ -4,5 +4,6 @@ __version__ = "0.1.0"
 
 from .api import CharModel, load, train
 from .errors import CharLSTMError
+from .trainer import Hooks
 
-__all__ = ["CharLSTMError", "CharModel", "__version__", "load", "train"]
+__all__ = ["CharLSTMError", "CharModel", "Hooks", "__version__", "load", "train"]

@@ -4,66 +4,27 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
-from . import runner
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfig
+from .data import BUNDLED_NAME, bundled_text, read_corpus, read_text_file
 from .errors import CharLSTMError
+from .evaluation import HeldOut
 from .gates import Inspection, trace
 from .metrics import score
 from .model import CharRNN
-from .runner import Callbacks
+from .runner import train
 from .sample import default_prime, generate_texts, stream_text
-from .trainer import Trainer, pick_device
+from .trainer import pick_device
 from .vocab import Vocab
 
-EVAL_MAX_STREAMS = 64
-EVAL_CHUNK = 512
-
-
-def train(
-    paths: Iterable[str | Path] = (),
-    out_dir: str | Path = "runs/charlstm",
-    *,
-    encoding: str = "utf-8",
-    overwrite: bool = False,
-    resume: bool = False,
-    preset: str = "auto",
-    on_start: Callable[[dict[str, Any]], None] | None = None,
-    on_step: Callable[[Trainer, torch.Tensor], None] | None = None,
-    on_eval: Callable[[Trainer, dict[str, float], bool], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    **options: Any,
-) -> Path:
-    """Train on the text files or folders in `paths` (none: the bundled novel); returns `out_dir`.
-
-    `options` are the fields of `ModelConfig` and `TrainConfig` (`hidden_size=256`,
-    `max_time=60`, ...); see docs/flags.md. Those not given come from `preset`: "auto" sizes
-    the model and batch for the corpus and the device, "tutorial" is the tutorial's settings.
-    Writes `out_dir/best`, `out_dir/last` and `out_dir/metrics.jsonl`. `resume=True`
-    continues the run in `out_dir` exactly where its `last` checkpoint stopped. The callbacks
-    see the run summary, each step and each evaluation; `should_stop` is polled every step
-    (the CLI sets it on Ctrl-C).
-    """
-    callbacks = Callbacks(on_start, on_step, on_eval, should_stop)
-    return runner.train(
-        paths,
-        out_dir,
-        encoding=encoding,
-        overwrite=overwrite,
-        resume=resume,
-        preset=preset,
-        callbacks=callbacks,
-        **options,
-    )
+__all__ = ["CharModel", "held_out_text", "load", "train"]
 
 
 @dataclass
@@ -143,35 +104,20 @@ class CharModel:
             seed=seed,
         )
 
-    @torch.inference_mode()
-    def evaluate(self, text: str) -> dict[str, float]:
-        """Loss (nats/char), bits per char and perplexity of `text`, predicting each character
-        from the ones before it. Unknown characters are skipped and counted. Long texts are
-        scored as up to 64 contiguous streams, each starting from an empty state."""
+    def evaluate(self, text: str | None = None) -> dict[str, float]:
+        """Loss (nats/char), bits per char and perplexity of `text`, each character predicted from
+        the ones before it; characters outside the vocabulary are skipped and counted. With no
+        text, the held-out validation text of the run that trained the model. The streams and
+        window are the training's, so this reproduces the run's `val_loss`."""
+        if text is None:
+            text = held_out_text(self.training)
         unknown = sum(1 for c in text if c not in self.vocab)
-        ids = self.vocab.encode(text, unknown="drop")
-        if len(ids) < 2:
-            raise CharLSTMError("the text needs at least 2 characters the model knows to be scored")
-        pairs = len(ids) - 1
-        rows = max(1, min(EVAL_MAX_STREAMS, pairs // 1024))
-        width = math.ceil(pairs / rows)
-        seq = torch.tensor(ids, device=self.device)
-        inputs = torch.zeros(rows * width, dtype=torch.long, device=self.device)
-        targets = torch.full((rows * width,), -100, dtype=torch.long, device=self.device)
-        inputs[:pairs], targets[:pairs] = seq[:-1], seq[1:]
-        inputs, targets = inputs.view(rows, width), targets.view(rows, width)
-        self.model.eval()
-        state, total = None, 0.0
-        for start in range(0, width, EVAL_CHUNK):
-            logits, state = self.model(inputs[:, start : start + EVAL_CHUNK], state)
-            chunk_targets = targets[:, start : start + EVAL_CHUNK]
-            total += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                chunk_targets.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            ).item()
-        return {**score(total, pairs), "num_chars": len(text), "unknown_chars": unknown}
+        ids = torch.tensor(self.vocab.encode(text, unknown="drop"), dtype=torch.long)
+        config = TrainConfig.from_dict(self.training.get("config", {}))
+        held_out = HeldOut(ids, config.batch_size, config.seq_len, self.device)
+        with torch.inference_mode():
+            nats, chars = held_out.score(self.model)
+        return {**score(nats, chars), "num_chars": len(text), "unknown_chars": unknown}
 
     def inspect(self, text: str, top_k: int = 5) -> Inspection:
         """Per character: the probability the model gave it and its top-k guesses for the next
@@ -196,3 +142,22 @@ def load(path: str | Path, device: str = "cpu") -> CharModel:
     """Load a checkpoint folder, or a run folder (its best checkpoint), onto `device`."""
     checkpoint = load_checkpoint(path, pick_device(device))
     return CharModel(checkpoint.model, checkpoint.vocab, checkpoint.training, checkpoint.path)
+
+
+def held_out_text(training: dict[str, Any]) -> str:
+    """The validation text of the run described by a checkpoint's `training` facts: its
+    --val-file, or the last --val-frac of its training text."""
+    config = TrainConfig.from_dict(training.get("config", {}))
+    sources, encoding = training.get("data"), training.get("encoding", "utf-8")
+    if config.val_file:
+        return read_text_file(Path(config.val_file), encoding)
+    if not sources:
+        raise CharLSTMError("the checkpoint does not say what it was trained on; give a text to score")
+    if sources == [BUNDLED_NAME]:
+        text = bundled_text()
+    else:
+        missing = [s for s in sources if not Path(s).is_file()]
+        if missing:
+            raise CharLSTMError(f"the run's training text {missing[0]} is gone; give a text to score")
+        text, _ = read_corpus(sources, encoding)
+    return text[int(len(text) * (1 - config.val_frac)) :]

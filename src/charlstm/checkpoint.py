@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
@@ -222,34 +222,52 @@ def _check_schema(path: Path, config: Any) -> None:
         fail("'training' must be an object")
 
 
+def _check_weights_header(weights_path: Path, model_config: ModelConfig) -> None:
+    """Compare the tensors' names, shapes and types in the safetensors header with what the
+    config implies, before anything is allocated: the expected shapes come from a model built on
+    the meta device (no memory), so a config asking for a huge model fails here, cheaply."""
+    with torch.device("meta"):
+        expected = CharRNN(model_config).state_dict()
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}
+            found = {name: (tuple(s.get_shape()), s.get_dtype()) for name, s in slices.items()}
+    except FileNotFoundError:
+        raise CharLSTMError(f"{weights_path}: missing; the checkpoint is incomplete") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CharLSTMError(f"{weights_path}: not a valid safetensors file ({exc})") from None
+    if set(found) != set(expected):
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        raise CharLSTMError(
+            f"{weights_path}: tensors do not match {CONFIG_FILE} (missing {missing}, unexpected {extra})"
+        )
+    for name, (shape, dtype) in found.items():
+        want = expected[name]
+        want_dtype = str(want.dtype).removeprefix("torch.")
+        if shape != tuple(want.shape) or _SAFETENSORS_DTYPES.get(dtype) != want_dtype:
+            raise CharLSTMError(
+                f"{weights_path}: {name} is {shape} {dtype}, but {CONFIG_FILE} implies "
+                f"{tuple(want.shape)} {want_dtype}"
+            )
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Rebuild the model from a checkpoint (or run) folder, onto `device`."""
     path = resolve_checkpoint(path)
     config = read_config(path)
     model_config = ModelConfig.from_dict(config["model"])
     vocab = Vocab(config["vocab"])
-    model = CharRNN(model_config)
     weights_path = path / WEIGHTS_FILE
+    _check_weights_header(weights_path, model_config)
     try:
         tensors = load_file(str(weights_path), device="cpu")
-    except FileNotFoundError:
-        raise CharLSTMError(f"{weights_path}: missing; the checkpoint is incomplete") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CharLSTMError(f"{weights_path}: not a valid safetensors file ({exc})") from None
-    expected = model.state_dict()
-    if set(tensors) != set(expected):
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        raise CharLSTMError(
-            f"{weights_path}: tensors do not match {CONFIG_FILE} (missing {missing}, unexpected {extra})"
-        )
-    for name, tensor in tensors.items():
-        want = expected[name]
-        if tensor.shape != want.shape or tensor.dtype != want.dtype:
-            raise CharLSTMError(
-                f"{weights_path}: {name} is {tuple(tensor.shape)} {tensor.dtype}, but {CONFIG_FILE} "
-                f"implies {tuple(want.shape)} {want.dtype}"
-            )
+    model = CharRNN(model_config)
     model.load_state_dict(tensors)
     model.to(device).eval()
     return Checkpoint(model=model, vocab=vocab, training=config.get("training", {}), path=path)

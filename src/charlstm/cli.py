@@ -18,13 +18,13 @@ import torch
 
 from . import __version__
 from .api import CharModel, load, train
-from .config import ModelConfig, TrainConfig
+from .config import DEVICES, ModelConfig, TrainConfig
 from .data import read_corpus
 from .distributed import context_from_env
 from .errors import CharLSTMError
 from .metrics import format_record
 from .presets import AUTO_CHOSEN, PRESETS
-from .trainer import Trainer
+from .trainer import Hooks, Trainer
 
 PROGRESS_REFRESH_S = 1.0
 
@@ -48,6 +48,11 @@ def add_config_flags(
         shown = "" if default is None else f" (default: {default})"
         if f.name in AUTO_CHOSEN:
             shown = f" (default: chosen by --preset auto; tutorial: {default})"
+        if base is bool:
+            group.add_argument(
+                _flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"]
+            )
+            continue
         group.add_argument(
             _flag(f.name),
             type=base,
@@ -66,15 +71,20 @@ def _given(args: argparse.Namespace, cls: type, skip: Sequence[str] = ()) -> dic
     }
 
 
+def add_common_flags(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    """Flags accepted before and after the subcommand (after it, they are only set when given)."""
+    parser.add_argument("--verbose", action="store_true", default=default, help="show tracebacks on errors")
+    parser.add_argument(
+        "--threads", type=int, default=default, help="CPU threads for PyTorch (default: its own choice)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="charlstm", description="Character-level LSTM/GRU/RNN language models."
     )
     parser.add_argument("--version", action="version", version=f"charlstm {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: its own choice)"
-    )
+    add_common_flags(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a model on text files (default: the bundled novel)")
@@ -105,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
     p.add_argument("--seed", type=int, default=None, help="the same seed gives the same text")
     p.add_argument("--drop-unknown", action="store_true", help="drop prime characters never seen")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default: cpu)")
     p.add_argument(
         "--novelty",
         action="store_true",
@@ -114,15 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("eval", help="score a text: loss, bits per character, perplexity")
     p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="text files or folders")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="text files or folders, - for standard input (none: the run's own validation text)",
+    )
+    p.add_argument(
+        "--split", choices=("val",), default=None, help="score the run's held-out validation text"
+    )
     p.add_argument("--encoding", default="utf-8")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default: cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("info", help="describe a checkpoint")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = commands.add_parser("export", help="write one step of a model as ONNX (needs charlstm[export])")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder, or a run folder (its best)")
+    p.add_argument("--format", default="onnx", help="export format (default: onnx, the only one so far)")
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="file to write, e.g. model.onnx")
+    p.add_argument("--overwrite", action="store_true", help="replace PATH (and vocab.json beside it)")
     add_inspect_parsers(commands)
+    for subparser in commands.choices.values():
+        add_common_flags(subparser)
     return parser
 
 
@@ -137,24 +163,27 @@ def add_inspect_parsers(commands: Any) -> None:
     p.add_argument("--sample", type=int, default=None, metavar="N", help="inspect a fresh N-character sample")
     p.add_argument("--seed", type=int, default=None, help="seed for --sample")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature for --sample (default: 1.0)")
-    p.add_argument("-o", "--out", default="inspect.html", help="the page to write (default: inspect.html)")
+    p.add_argument("-o", "--output", default="inspect.html", help="the page to write (default: inspect.html)")
     p.add_argument("--max-chars", type=int, default=5000, help="inspect at most this many characters")
     p.add_argument("--encoding", default="utf-8", help="encoding of --file (default: utf-8)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default: cpu)")
 
     p = commands.add_parser("plot", help="plot the loss curves of one or more training runs to a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.jsonl)")
-    p.add_argument("-o", "--out", default="curves.png", help="the PNG to write (default: curves.png)")
+    p.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default: curves.png)")
     p.add_argument("--x", choices=["step", "time", "chars"], default="step", help="x axis (default: step)")
 
 
-class ProgressReporter:
-    """A tqdm bar (step/total, epoch, losses, chars/s, ETA) and a line per evaluation. When
-    stderr is not a terminal (a log file, a pipe) only the lines are written."""
+class ProgressReporter(Hooks):
+    """A tqdm bar (step/total, epoch, losses, chars/s, ETA) and a line per evaluation with a
+    short sample. When stderr is not a terminal (a log file, a pipe) only the lines are written.
+    Ctrl-C and SIGTERM (through `signals`) ask the run to stop and save."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, signals: StopSignals) -> None:
         self.quiet = quiet
+        self.signals = signals
         self.bar: Any = None
+        self.world_size = 1
         self.last_refresh = 0.0
         self.val = "-"
 
@@ -170,6 +199,7 @@ class ProgressReporter:
             f"{summary['total_steps']} steps, validation every {summary['eval_interval']} steps",
         ]
         lines += [f"chosen: {why}" for why in summary.get("chosen", [])]
+        self.world_size = summary["world_size"]
         if self.quiet:
             return
         print("\n".join(lines), file=sys.stderr)
@@ -197,7 +227,8 @@ class ProgressReporter:
             progress = trainer.progress
             epoch = progress.epoch + progress.window / trainer.steps_per_epoch
             rate = self.bar.format_dict.get("rate") or 0.0
-            chars = rate * trainer.train_batches.batch_size * trainer.train_batches.seq_len
+            batches = trainer.train_batches
+            chars = rate * batches.batch_size * batches.seq_len * self.world_size  # every rank's
             self.bar.set_postfix_str(
                 f"epoch {epoch:.2f} loss {loss.item():.3f} val {self.val} {chars:,.0f} chars/s",
                 refresh=False,
@@ -206,10 +237,15 @@ class ProgressReporter:
     def on_eval(self, trainer: Trainer, record: dict[str, float], is_best: bool) -> None:
         self.val = f"{record['val_loss']:.3f}"
         line = format_record(record) + ("  *best" if is_best else "")
+        if record.get("sample"):
+            line += "\n    " + record["sample"].replace("\n", "\n    ")
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         elif not self.quiet:
             print(line, file=sys.stderr, flush=True)
+
+    def should_stop(self) -> bool:
+        return self.signals.should_stop()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -243,10 +279,10 @@ class StopSignals:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    reporter = ProgressReporter(args.quiet)
     options = {**_given(args, ModelConfig, ("vocab_size",)), **_given(args, TrainConfig)}
     out_dir = args.resume or args.out
     with StopSignals() as signals:
+        reporter = ProgressReporter(args.quiet, signals)
         try:
             out = train(
                 args.paths,
@@ -255,10 +291,7 @@ def run_train(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 resume=args.resume is not None,
                 preset=args.preset,
-                on_start=reporter.on_start,
-                on_step=reporter.on_step,
-                on_eval=reporter.on_eval,
-                should_stop=signals.should_stop,
+                hooks=reporter,
                 **options,
             )
         finally:
@@ -329,8 +362,15 @@ def print_novelty(model: CharModel, samples: list[str]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.split and args.paths:
+        raise CharLSTMError("give either --split val or texts to score, not both")
     model = load(args.checkpoint, args.device)
-    text, _ = read_corpus(args.paths, args.encoding)
+    if args.paths == ["-"]:
+        text = sys.stdin.read()
+    elif args.paths:
+        text, _ = read_corpus(args.paths, args.encoding)
+    else:
+        text = None  # the run's own held-out validation text
     result = model.evaluate(text)
     if args.json:
         print(json.dumps(result))
@@ -364,6 +404,15 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .export import VOCAB_FILE, check_format, export_onnx  # lazy: onnx is an optional extra
+
+    check_format(args.format)
+    path = export_onnx(args.checkpoint, args.output, overwrite=args.overwrite)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes) and {path.parent / VOCAB_FILE}; see docs/export.md")
+    return 0
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     from .inspect_page import write_page
     from .inspection import describe_novelty, training_text, validation_text
@@ -383,10 +432,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         source, reference = f"a {args.sample}-character sample", training_text(model)
     else:
         text, source = validation_text(model), "the validation text"
-    data = write_page(model, text, args.out, source, args.max_chars, reference)
+    data = write_page(model, text, args.output, source, args.max_chars, reference)
     summary = data["summary"]
     print(
-        f"wrote {args.out}: {summary['characters']:,} characters of {source}, loss {summary['loss']:.4f} "
+        f"wrote {args.output}: {summary['characters']:,} characters of {source}, loss {summary['loss']:.4f} "
         f"nats/char ({summary['bpc']:.4f} bits/char); open it in a browser"
     )
     best: dict[str, dict[str, Any]] = {}
@@ -405,8 +454,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_plot(args: argparse.Namespace) -> int:
     from .plot import plot_curves
 
-    curves = plot_curves(args.runs, args.out, args.x)
-    print(f"wrote {args.out}")
+    curves = plot_curves(args.runs, args.output, args.x)
+    print(f"wrote {args.output}")
     for curve in curves:
         best = "no finite val loss" if curve.best is None else f"best val loss {curve.best[1]:.4f} nats/char"
         print(f"  {curve.name}: {len(curve.x)} evaluations, {best}")
@@ -418,6 +467,7 @@ COMMANDS = {
     "sample": run_sample,
     "eval": run_eval,
     "info": run_info,
+    "export": run_export,
     "inspect": run_inspect,
     "plot": run_plot,
 }

@@ -20,6 +20,11 @@ MAX_VOCAB = 1 << 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "gloo", "nccl")
 PRECISIONS = ("fp32", "bf16")
+# Bounds on sizes read from files a user may not trust: past these a config.json asks for more
+# memory than any character model needs, so loading it could exhaust the machine.
+MAX_HIDDEN = 1 << 14
+MAX_LAYERS = 64
+MAX_EMBEDDING = MAX_VOCAB
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -39,7 +44,9 @@ class ModelConfig:
     num_layers: int = _opt(2, "stacked recurrent layers")
     dropout: float = _opt(0.5, "dropout between layers and before the output layer")
     embedding_size: int | None = _opt(
-        None, "size of the character embedding (default: min(vocabulary, hidden size))"
+        None,
+        "size of the character embedding (default: min(vocabulary, hidden size)); "
+        "0 feeds one-hot vectors, as the tutorial does",
     )
 
     def __post_init__(self) -> None:
@@ -53,17 +60,29 @@ class ModelConfig:
             "character model can take; is it really text in the --encoding given?",
         )
         _require(self.cell in CELLS, f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
-        _require(self.hidden_size >= 1, f"--hidden-size must be at least 1, not {self.hidden_size}")
-        _require(self.num_layers >= 1, f"--num-layers must be at least 1, not {self.num_layers}")
+        _require(
+            1 <= self.hidden_size <= MAX_HIDDEN,
+            f"--hidden-size must be between 1 and {MAX_HIDDEN:,}, not {self.hidden_size}",
+        )
+        _require(
+            1 <= self.num_layers <= MAX_LAYERS,
+            f"--num-layers must be between 1 and {MAX_LAYERS}, not {self.num_layers}",
+        )
         _require(0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), not {self.dropout}")
         if self.embedding_size is not None:
             _require(
-                self.embedding_size >= 1,
-                f"--embedding-size must be at least 1, not {self.embedding_size}",
+                0 <= self.embedding_size <= MAX_EMBEDDING,
+                f"--embedding-size must be 0 (one-hot) to {MAX_EMBEDDING:,}, not {self.embedding_size}",
             )
 
     @property
+    def one_hot(self) -> bool:
+        return self.embedding_size == 0
+
+    @property
     def input_size(self) -> int:
+        if self.embedding_size == 0:
+            return self.vocab_size
         if self.embedding_size is not None:
             return self.embedding_size
         return min(self.vocab_size, self.hidden_size)
@@ -83,6 +102,12 @@ class TrainConfig:
     learning_rate: float = _opt(0.001, "Adam learning rate")
     grad_clip: float = _opt(5.0, "clip the gradient norm to this (0 turns clipping off)")
     val_frac: float = _opt(0.1, "fraction of the text, taken from its end, held out for validation")
+    val_file: str | None = _opt(None, "validate on this text file instead of the last --val-frac")
+    wrap_targets: bool = _opt(
+        False,
+        "the last target of each stream wraps to its first character (the tutorial's get_batches); "
+        "off: the true next character",
+    )
     epochs: int = _opt(20, "passes over the training text")
     max_steps: int | None = _opt(None, "stop after this many optimizer steps")
     max_time: float | None = _opt(None, "stop after this many seconds of training")
@@ -97,6 +122,7 @@ class TrainConfig:
         0, "halve the learning rate after this many validations without a new best (0: never)"
     )
     stop_patience: int = _opt(0, "stop after this many validations without a new best (0: never)")
+    sample_length: int = _opt(100, "characters sampled and shown with each validation (0: none)")
     precision: str = _opt("fp32", "arithmetic on CUDA: fp32, or bf16 autocast", choices=PRECISIONS)
     seed: int = _opt(1, "seed for weights, dropout and sampling")
     device: str = _opt("auto", "where to train", choices=DEVICES)
@@ -136,6 +162,9 @@ class TrainConfig:
         _require(self.lr_patience >= 0, f"--lr-patience must be 0 (off) or more, not {self.lr_patience}")
         _require(
             self.stop_patience >= 0, f"--stop-patience must be 0 (off) or more, not {self.stop_patience}"
+        )
+        _require(
+            self.sample_length >= 0, f"--sample-length must be 0 (off) or more, not {self.sample_length}"
         )
         _require(self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}")
         _require(self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import lzma
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -112,7 +113,7 @@ def read_corpus(paths: Iterable[str | Path] = (), encoding: str = "utf-8") -> tu
     if not paths:
         return bundled_text(), [BUNDLED_NAME]
     files = find_text_files(paths)
-    text = "".join(read_text_file(f, encoding) for f in files)
+    text = "\n".join(read_text_file(f, encoding) for f in files)
     if not text.strip():
         raise CharLSTMError(f"{_names(files)}: no text to train on (empty or whitespace only)")
     return text, [str(f) for f in files]
@@ -133,19 +134,56 @@ class Corpus:
 
 
 def prepare_corpus(
-    paths: Iterable[str | Path] = (), encoding: str = "utf-8", memmap_path: Path | None = None
+    paths: Iterable[str | Path] = (),
+    encoding: str = "utf-8",
+    memmap_path: Path | None = None,
+    write: bool = True,
 ) -> Corpus:
     """Read, build the vocabulary and encode in two streaming passes, so memory holds the ids
-    (one byte a character for most texts) and one chunk of text. With `memmap_path` the ids
-    go to that file instead and are memory-mapped, for corpora larger than memory."""
+    (one byte a character for most texts) and one chunk of text. Several files are joined with
+    a line break. With `memmap_path` the ids go to that file instead (written whole, then renamed
+    into place) and are memory-mapped, for corpora larger than memory; `write=False` maps the
+    file another process wrote (a data-parallel rank other than 0)."""
     paths = list(paths)
     if not paths:
         text = bundled_text()
         vocab = Vocab.from_text(text)
         return Corpus(vocab, encode_corpus(text, vocab), [BUNDLED_NAME], encoding)
     files = find_text_files(paths)
-    chars: set[str] = set()
-    total, has_text = 0, False
+    vocab, total = _scan(files, encoding)
+    sources = [str(f.resolve()) for f in files]
+    if memmap_path is not None and not write:
+        ids = np.load(memmap_path, mmap_mode="r")
+        if ids.shape != (total,) or ids.dtype != ids_dtype(len(vocab)):
+            raise CharLSTMError(f"{memmap_path}: does not hold this corpus; remove it and start again")
+        return Corpus(vocab, ids, sources, encoding)
+    dtype = ids_dtype(len(vocab))
+    staged = None if memmap_path is None else memmap_path.with_name(memmap_path.name + ".tmp")
+    if staged is None:
+        ids = np.empty(total, dtype=dtype)
+    else:
+        ids = np.lib.format.open_memmap(staged, mode="w+", dtype=dtype, shape=(total,))
+    start = 0
+    newline = encode_corpus("\n", vocab) if len(files) > 1 else None
+    for number, f in enumerate(files):
+        if number and newline is not None:
+            ids[start] = newline[0]
+            start += 1
+        for chunk in iter_text_chunks(f, encoding):
+            ids[start : start + len(chunk)] = encode_corpus(chunk, vocab)
+            start += len(chunk)
+    if staged is not None and memmap_path is not None:
+        ids.flush()
+        del ids
+        staged.replace(memmap_path)
+        ids = np.load(memmap_path, mmap_mode="r")
+    return Corpus(vocab, ids, sources, encoding)
+
+
+def _scan(files: list[Path], encoding: str) -> tuple[Vocab, int]:
+    """The first pass: the vocabulary and the length of the joined text."""
+    chars: set[str] = {"\n"} if len(files) > 1 else set()
+    total, has_text = len(files) - 1, False
     for f in files:
         for chunk in iter_text_chunks(f, encoding):
             chars.update(chunk)
@@ -153,22 +191,7 @@ def prepare_corpus(
             has_text = has_text or not chunk.isspace()
     if not has_text:
         raise CharLSTMError(f"{_names(files)}: no text to train on (empty or whitespace only)")
-    vocab = Vocab(sorted(chars))
-    dtype = ids_dtype(len(vocab))
-    if memmap_path is None:
-        ids = np.empty(total, dtype=dtype)
-    else:
-        ids = np.lib.format.open_memmap(memmap_path, mode="w+", dtype=dtype, shape=(total,))
-    start = 0
-    for f in files:
-        for chunk in iter_text_chunks(f, encoding):
-            ids[start : start + len(chunk)] = encode_corpus(chunk, vocab)
-            start += len(chunk)
-    if memmap_path is not None:
-        ids.flush()
-        del ids
-        ids = np.load(memmap_path, mmap_mode="c")  # copy-on-write: torch may view it
-    return Corpus(vocab, ids, [str(f) for f in files], encoding)
+    return Vocab(sorted(chars)), total
 
 
 def ids_dtype(vocab_size: int) -> np.dtype:
@@ -213,14 +236,15 @@ class Window:
 class StreamBatches:
     """Contiguous streams walked in windows, as in the tutorial's `get_batches`.
 
-    The ids are trimmed to whole windows and cut into `batch_size` rows; window `i` is
-    columns `[i*T, (i+1)*T)` of every row, so row `r` of window `i+1` continues row `r` of
-    window `i` and the hidden state can be carried across. Targets are the inputs shifted
-    left by one; the very last target of each row wraps to that row's first character::
+    The ids are cut into `batch_size` rows of whole windows; window `i` is columns
+    `[i*T, (i+1)*T)` of every row, so row `r` of window `i+1` continues row `r` of window `i`
+    and the hidden state can be carried across. Targets are the inputs shifted left by one: the
+    true next character, read one past the row's end (`wrap_targets=False`), or, as in the
+    tutorial, the very last target of each row wrapping to that row's first character::
 
-        ids  a b c d e f g h i j k l  (B=2, T=3, two windows)
-        rows [a b c | d e f]          targets [b c d | e f a]
-             [g h i | j k l]                  [h i j | k l g]
+        ids  a b c d e f g h i j k l m  (B=2, T=3, two windows)
+        rows [a b c | d e f]   targets [b c d | e f g]   wrapped: [b c d | e f a]
+             [g h i | j k l]           [h i j | k l m]            [h i j | k l g]
     """
 
     def __init__(
@@ -230,23 +254,33 @@ class StreamBatches:
         seq_len: int,
         device: torch.device | str = "cpu",
         rows: slice | None = None,
+        wrap_targets: bool = False,
     ):
         """`rows` keeps only some of the `batch_size` streams (a data-parallel rank's share)."""
         self.seq_len = seq_len
-        self.num_windows = len(ids) // (batch_size * seq_len)
+        self.wrap_targets = wrap_targets
+        usable = len(ids) if wrap_targets else len(ids) - 1  # the true next character is one more
+        self.num_windows = max(0, usable) // (batch_size * seq_len)
         if self.num_windows < 1:
             raise CharLSTMError(
                 f"text too short for one batch: {len(ids):,} characters, but batch {batch_size} x "
-                f"sequence {seq_len} needs {batch_size * seq_len:,}; "
+                f"sequence {seq_len} needs {batch_size * seq_len + (not wrap_targets):,}; "
                 "use a longer text or lower --batch-size / --seq-len"
             )
-        streams = ids[: self.num_windows * batch_size * seq_len].reshape(batch_size, -1)
+        length = self.num_windows * seq_len
+        # Rows of length + 1 overlapping by one id: row r ends where row r + 1 starts, so the
+        # targets are the same rows one column later and nothing is copied (on the CPU).
+        itemsize = ids.dtype.itemsize
+        streams = np.lib.stride_tricks.as_strided(
+            ids, shape=(batch_size, length + 1), strides=(length * itemsize, itemsize), writeable=False
+        )
+        if wrap_targets:
+            streams = streams[:, :length]
         if rows is not None:
             streams = streams[rows]
         self.batch_size = streams.shape[0]
-        # A view of the ids (memory-mapped ones too) on the CPU, a copy on an accelerator;
-        # targets are read from the same rows one column later, so nothing is duplicated.
-        self.rows = torch.from_numpy(streams).to(device)
+        # A view of the ids (memory-mapped ones too) on the CPU, a copy on an accelerator.
+        self.rows = _as_tensor(streams).to(device)
 
     def __len__(self) -> int:
         return self.num_windows
@@ -258,7 +292,7 @@ class StreamBatches:
         inputs = self.rows[:, start:end]
         if end < self.rows.shape[1]:
             targets = self.rows[:, start + 1 : end + 1]
-        else:  # the last target of a row wraps to its first character, as in the tutorial
+        else:  # wrapped: the last target of a row is its first character, as in the tutorial
             targets = torch.cat([self.rows[:, start + 1 : end], self.rows[:, :1]], dim=1)
         return Window(inputs.long(), targets.long())
 
@@ -271,24 +305,9 @@ class StreamBatches:
         return self.num_windows * self.batch_size * self.seq_len
 
 
-def validation_batches(
-    ids: np.ndarray,
-    batch_size: int,
-    seq_len: int,
-    device: torch.device | str,
-    rank: int = 0,
-    world_size: int = 1,
-) -> StreamBatches:
-    """Validation uses the training layout, with fewer rows when the held-out text is short;
-    under data parallelism each rank takes every `world_size`-th stream."""
-    rows = max(1, min(batch_size, len(ids) // seq_len))
-    if len(ids) < seq_len:
-        raise CharLSTMError(
-            f"validation text too short: {len(ids):,} characters, less than one --seq-len "
-            f"({seq_len}); raise --val-frac, lower --seq-len or use a longer text"
-        )
-    if rows < world_size:
-        raise CharLSTMError(
-            f"validation text too short to share among {world_size} processes; raise --val-frac"
-        )
-    return StreamBatches(ids, rows, seq_len, device, rows=slice(rank, None, world_size))
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A torch view of a (possibly read-only, strided) array; torch warns on read-only memory
+    but never writes to these ids."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)

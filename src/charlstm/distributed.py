@@ -50,13 +50,21 @@ class DistContext:
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim=1)
 
-    def all_gather_bytes(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's copy of a same-shaped tensor (e.g. RNG states), rank order."""
+    def all_gather_bytes(
+        self, tensor: torch.Tensor, device: torch.device | str = "cpu"
+    ) -> list[torch.Tensor]:
+        """Every rank's copy of a same-shaped tensor (e.g. RNG states), rank order, on the CPU;
+        exchanged on `device` (nccl moves CUDA tensors only)."""
         if not self.enabled:
-            return [tensor]
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous())
-        return parts
+            return [tensor.cpu()]
+        local = tensor.to(device).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local)
+        return [part.cpu() for part in parts]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
 
 
 def context_from_env() -> DistContext:

@@ -112,7 +112,7 @@ def trace(model: CharRNN, vocab: Vocab, text: str, top_k: int = 5) -> Inspection
     cell = model.config.cell
     weight = model.head.weight
     idx = torch.tensor(ids, dtype=torch.long, device=weight.device)
-    x = model.embedding(idx).float().cpu()  # (T, E)
+    x = model.input_vectors(idx).float().cpu()  # (T, E)
     layers = []
     for k in range(model.config.num_layers):
         weights = tuple(w.float().cpu() for w in _layer_weights(model, k))

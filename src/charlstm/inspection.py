@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .api import CharModel
+from .api import CharModel, held_out_text
 from .data import BUNDLED_NAME, bundled_text, read_corpus
 from .errors import CharLSTMError
 from .gates import GATES, Inspection
@@ -161,12 +161,10 @@ def training_text(model: CharModel) -> str:
 
 
 def validation_text(model: CharModel, align: bool = True) -> str:
-    """The held-out end of the training text (the last `val_frac` of it, as training split it).
+    """The run's held-out validation text (its --val-file, or the last --val-frac of its text).
     With `align`, it starts after the first paragraph break in its first 2,000 characters: the
     cut falls anywhere, often inside a quotation, which would invert a quote cell's reading."""
-    text = training_text(model)
-    val_frac = model.training.get("config", {}).get("val_frac", 0.1)
-    held_out = text[int(len(text) * (1 - val_frac)) :]
+    held_out = held_out_text(model.training)
     paragraph = held_out.find("\n\n", 0, PARAGRAPH_SEARCH)
     return held_out[paragraph + 2 :] if align and paragraph >= 0 else held_out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,10 @@ class MetricsLog:
     def rewrite(self, records: list[dict[str, Any]]) -> None:
         """Replace the log with `records` (a resumed run drops lines written after its checkpoint)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+            f.flush()
+            os.fsync(f.fileno())  # the new log is on disk before it replaces the old one
         tmp.replace(self.path)
 
     def read(self) -> list[dict[str, Any]]:

@@ -13,6 +13,9 @@ import math
 from typing import Any
 
 PRESETS = ("auto", "tutorial")
+# What `tutorial` sets beyond the dataclass defaults: one-hot input vectors (an embedding
+# learns a different curve) and the last target of each stream wrapping to its first character.
+TUTORIAL_OPTIONS = {"embedding_size": 0, "wrap_targets": True}
 HIDDEN_SIZES = (64, 128, 256, 512, 1024)
 # The largest hidden size each device trains at a useful pace (2 layers).
 DEVICE_MAX_HIDDEN = {"cpu": 256, "mps": 512, "cuda": 1024}
@@ -44,7 +47,18 @@ def lstm_parameters(hidden_size: int, vocab_size: int, num_layers: int = NUM_LAY
     return vocab_size * embed + first + rest + hidden_size * vocab_size + vocab_size
 
 
-def auto_options(num_chars: int, vocab_size: int, device_type: str) -> tuple[dict[str, Any], list[str]]:
+def preset_options(
+    preset: str, num_chars: int, vocab_size: int, device_type: str, val_frac: float = 0.1
+) -> tuple[dict[str, Any], list[str]]:
+    """The options `preset` chooses for this corpus and device, and why."""
+    if preset == "tutorial":
+        return dict(TUTORIAL_OPTIONS), ["the tutorial's settings: one-hot input, wrapped last targets"]
+    return auto_options(num_chars, vocab_size, device_type, val_frac)
+
+
+def auto_options(
+    num_chars: int, vocab_size: int, device_type: str, val_frac: float = 0.1
+) -> tuple[dict[str, Any], list[str]]:
     """Options for a corpus of `num_chars` characters on `device_type`, and why each was chosen."""
     cap = DEVICE_MAX_HIDDEN.get(device_type, 256)
     fitting = [h for h in HIDDEN_SIZES if lstm_parameters(h, vocab_size) <= 2 * num_chars and h <= cap]
@@ -55,9 +69,10 @@ def auto_options(num_chars: int, vocab_size: int, device_type: str) -> tuple[dic
     dropout = 0.0 if ratio < 0.5 else 0.1 if ratio < 1 else 0.2 if ratio < 2 else 0.3
     batch, seq = DEVICE_WINDOW.get(device_type, DEVICE_WINDOW["cpu"])
     # A short text still needs several windows per epoch and one window of validation text.
-    while batch > 1 and 0.9 * num_chars // (batch * seq) < MIN_WINDOWS:
+    train_chars = (1 - val_frac) * num_chars
+    while batch > 1 and train_chars // (batch * seq) < MIN_WINDOWS:
         batch //= 2
-    while seq > 8 and 0.9 * num_chars // (batch * seq) < MIN_WINDOWS:
+    while seq > 8 and train_chars // (batch * seq) < MIN_WINDOWS:
         seq //= 2
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(EPOCH_CHARS / num_chars)))
     learning_rate = 3e-3 if hidden <= 256 else 2e-3 if hidden <= 512 else 1e-3

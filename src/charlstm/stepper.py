@@ -25,7 +25,7 @@ class Stepper:
             w_hh = [getattr(rnn, f"weight_hh_l{k}").detach().t() for k in layers]  # (H, G)
             b_ih = [getattr(rnn, f"bias_ih_l{k}").detach() for k in layers]
             b_hh = [getattr(rnn, f"bias_hh_l{k}").detach() for k in layers]
-            embedded = model.embedding.weight.detach()
+            embedded = model.input_table()
             if self.cell == "gru":
                 # r and z add both products, but n scales the hidden one by r: keep them apart.
                 self.input_table = torch.addmm(b_ih[0], embedded, w_ih[0])  # (V, G)
