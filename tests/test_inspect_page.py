@@ -60,6 +60,16 @@ def test_the_page_is_self_contained_and_the_text_cannot_break_out(tmp_path):
     assert embedded_data(render_page({"x": "a</script>b"}))["x"] == "a</script>b"
 
 
+def test_summary_with_partial_training_facts():
+    model = quoted_model()
+    model.training = {"step": 3, "best_val_loss": None}
+    assert page_data(model.inspect(TEXT), model, "x")["summary"]["trained"] == (
+        "3 steps, best val loss unknown, data: unknown"
+    )
+    model.training = {}
+    assert page_data(model.inspect(TEXT), model, "x")["summary"]["trained"] == "no training facts"
+
+
 def test_too_little_text_is_a_clear_error(tmp_path):
     with pytest.raises(CharLSTMError, match="at least 2"):
         write_page(quoted_model(), "\u00e9\u00e9T", tmp_path / "p.html")

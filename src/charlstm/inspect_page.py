@@ -52,6 +52,15 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
+def _training_line(training: dict[str, Any]) -> str:
+    if not training:
+        return "no training facts"
+    best = training.get("best_val_loss")
+    best_text = f"{best:.4f} nats/char" if isinstance(best, (int, float)) else "unknown"
+    data = ", ".join(training.get("data") or []) or "unknown"
+    return f"{training.get('step', '?')} steps, best val loss {best_text}, data: {data}"
+
+
 def page_data(
     result: Inspection, model: CharModel, source: str, novelty_shares: dict[int, float | None] | None = None
 ) -> dict[str, Any]:
@@ -79,11 +88,7 @@ def page_data(
             "bpc": _finite(result.bpc),
             "model": f"{config.num_layers} x {config.hidden_size} {config.cell.upper()}, "
             f"{model.model.num_parameters():,} parameters, vocabulary {len(result.vocab)}",
-            "trained": f"{training.get('step', '?')} steps, best val loss "
-            f"{training.get('best_val_loss', float('nan')):.4f} nats/char, "
-            f"data: {', '.join(training.get('data', [])) or 'unknown'}"
-            if training
-            else "no training facts",
+            "trained": _training_line(training),
             "checkpoint": str(model.path) if model.path else "",
         },
         "novelty": {str(n): share for n, share in novelty_shares.items()} if novelty_shares else None,
