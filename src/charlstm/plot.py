@@ -53,8 +53,8 @@ def read_curve(run_dir: str | Path, x: str = "step", name: str | None = None) ->
     curve = Curve(
         name or run_dir.name,
         xs,
-        [float(r["train_loss"]) for r in records],
-        [float(r["val_loss"]) for r in records],
+        [float(r.get("train_loss", math.nan)) for r in records],
+        [float(r.get("val_loss", math.nan)) for r in records],
     )
     for i in range(1, len(records)):
         if records[i].get("learning_rate") != records[i - 1].get("learning_rate"):
