@@ -156,21 +156,35 @@ def add_inspect_parsers(commands: Any) -> None:
     p = commands.add_parser("inspect", help="write an HTML page of predictions, units and gates on a text")
     p.add_argument("checkpoint", metavar="CKPT_OR_RUN", help="checkpoint folder, or a run folder (its best)")
     p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="the text to inspect")
-    p.add_argument("--file", default=None, help="inspect this text file instead")
+    p.add_argument("--file", default=None, metavar="F", help="inspect this text file instead")
     p.add_argument(
         "--split", choices=["val"], default=None, help="the held-out end of the training text (the default)"
     )
     p.add_argument("--sample", type=int, default=None, metavar="N", help="inspect a fresh N-character sample")
     p.add_argument("--seed", type=int, default=None, help="seed for --sample")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature for --sample (default: 1.0)")
-    p.add_argument("-o", "--output", default="inspect.html", help="the page to write (default: inspect.html)")
-    p.add_argument("--max-chars", type=int, default=5000, help="inspect at most this many characters")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="inspect.html",
+        metavar="PAGE",
+        help="the page to write (default: inspect.html)",
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="inspect the first N characters (default: 5000)",
+    )
     p.add_argument("--encoding", default="utf-8", help="encoding of --file (default: utf-8)")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default: cpu)")
 
     p = commands.add_parser("plot", help="plot the loss curves of one or more training runs to a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.jsonl)")
-    p.add_argument("-o", "--output", default="curves.png", help="the PNG to write (default: curves.png)")
+    p.add_argument(
+        "-o", "--output", default="curves.png", metavar="PNG", help="the PNG to write (default: curves.png)"
+    )
     p.add_argument("--x", choices=["step", "time", "chars"], default="step", help="x axis (default: step)")
 
 
