@@ -90,7 +90,10 @@ def test_cli_inspect_on_a_run_and_its_validation_text(trained_run, tmp_path, cap
     assert "not TEXT and --split" in capsys.readouterr().err
 
 
-def open_page(browser_page, path):
+def open_page(browser_page, tmp_path, model):
+    """Write `model`'s page on TEXT and open it in Chromium from file://."""
+    path = tmp_path / "page.html"
+    write_page(model, TEXT, path, "a test")
     browser_page.page.goto(path.as_uri())
     browser_page.page.wait_for_selector("#text span")
     return browser_page.page
@@ -99,9 +102,7 @@ def open_page(browser_page, path):
 @pytest.mark.slow
 def test_the_page_in_chromium(browser_page, tmp_path):
     model = quoted_model()
-    path = tmp_path / "page.html"
-    write_page(model, TEXT, path, "a test")
-    page = open_page(browser_page, path)
+    page = open_page(browser_page, tmp_path, model)
     assert page.inner_text("#text").replace("\u21b5", "") == TEXT
     assert page.locator("#text span").count() == len(TEXT)
     before = page.eval_on_selector_all("#text span", "s => s.map(e => e.style.backgroundColor)")
@@ -127,9 +128,7 @@ def test_the_page_in_chromium(browser_page, tmp_path):
 
 @pytest.mark.slow
 def test_keyboard_focus_shows_predictions(browser_page, tmp_path):
-    path = tmp_path / "page.html"
-    write_page(quoted_model("gru"), TEXT, path, "a test")
-    page = open_page(browser_page, path)
+    page = open_page(browser_page, tmp_path, quoted_model("gru"))
     page.focus("#text")
     page.keyboard.press("ArrowRight")
     assert page.is_visible("#popup")
@@ -140,9 +139,7 @@ def test_keyboard_focus_shows_predictions(browser_page, tmp_path):
 
 @pytest.mark.slow
 def test_an_rnn_page_has_no_gates_to_plot(browser_page, tmp_path):
-    path = tmp_path / "page.html"
-    write_page(quoted_model("rnn"), TEXT, path, "a test")
-    page = open_page(browser_page, path)
+    page = open_page(browser_page, tmp_path, quoted_model("rnn"))
     options = page.eval_on_selector_all("#colour option", "o => o.map(e => e.value)")
     assert options == ["surprisal", "0:h", "1:h"]
     assert "no gates" in page.inner_text("#saturation")
