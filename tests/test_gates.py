@@ -91,3 +91,13 @@ def test_unknown_characters_are_dropped():
     result = trace(make_model(len(vocab), "rnn"), vocab, "The\u00e9 fox")
     assert result.text == "The fox"
     assert result.layers[0]["h"].shape == (7, 32)
+
+
+@pytest.mark.gpu
+def test_a_model_on_cuda_gives_the_same_trace():
+    vocab = Vocab.from_text(TINY_TEXT)
+    model = make_model(len(vocab), "lstm", hidden_size=8)
+    on_cpu = trace(model, vocab, TEXT)
+    on_gpu = trace(model.to("cuda"), vocab, TEXT)
+    np.testing.assert_allclose(on_gpu.next_probs, on_cpu.next_probs, atol=1e-4)
+    np.testing.assert_allclose(on_gpu.layers[1]["f"], on_cpu.layers[1]["f"], atol=1e-4)
