@@ -19,15 +19,18 @@ $(BIN)/charlstm: pyproject.toml
 install: $(BIN)/charlstm
 
 demo: install
+	@echo "== The bundled model (trained on Anna Karenina), no training needed:"
+	$(BIN)/charlstm sample --prime "Anna" --length 300 --top-k 5 --temperature 0.8 --seed 1
+	@echo "== Now a short run of your own on the same novel:"
 	$(BIN)/charlstm train --out $(DEMO_DIR) --overwrite --max-time $(DEMO_SECONDS)
 	$(BIN)/charlstm sample $(DEMO_DIR) --prime "Anna" --length 600 --top-k 5 --seed 1
 
 test: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 
 bench: install
 	$(BIN)/python benchmarks/bench_train.py

@@ -92,3 +92,28 @@ def test_bench_quality_quick(tmp_path: Path):
         assert entry["curve"] and {"step", "elapsed_s", "val_loss"} <= entry["curve"][0].keys()
         assert set(entry["val_loss_at_minutes"]) == {"1", "2", "5", "10", "20", "30"}
         assert {"time_to_val_2_0_s", "best_val_loss", "summary"} <= entry.keys()
+
+
+@pytest.mark.slow
+def test_finetune_curve_quick(tmp_path: Path, trained_run: Path):
+    out_json, plot, doc = tmp_path / "f.json", tmp_path / "f.png", tmp_path / "finetune.md"
+    real_doc = BENCHMARKS.parent / "docs" / "finetune.md"
+    doc.write_text(real_doc.read_text(encoding="utf-8"), encoding="utf-8")
+    files = ["--out-json", str(out_json), "--plot-out", str(plot), "--doc", str(doc)]
+    result = run_quick("finetune_curve.py", str(trained_run), *files)
+    assert json.loads(out_json.read_text(encoding="utf-8")) == result
+    assert plot.stat().st_size > 0
+    assert set(result["texts"]) == {"english", "new_characters"}
+    for entry in result["texts"].values():
+        assert set(entry["runs"]) == {"scratch", "finetune", "finetune_full_rate"}
+        for name, run in entry["runs"].items():
+            assert run["curve"] and {"step", "elapsed_s", "val_loss"} <= run["curve"][0].keys()
+            assert (run["base_text_loss"] is None) == (name == "scratch")  # forgetting: fine-tuned only
+    assert result["base"]["held_out_loss"] > 0
+    tuned = result["texts"]["new_characters"]["runs"]["finetune"]
+    assert tuned["model"] == "1 x 32 LSTM"  # the base's architecture, not auto's
+    assert {"“", "ﬁ"} <= set(result["texts"]["new_characters"]["added"])
+    written = doc.read_text(encoding="utf-8")
+    assert "Not measured yet" not in written and "| new characters | fine-tuned (default rate) |" in written
+    assert "](f.png)" in written
+    assert written.endswith(real_doc.read_text(encoding="utf-8").split("<!-- finetune:end -->")[1])

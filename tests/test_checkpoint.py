@@ -361,3 +361,75 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, tiny_vocab, monkeyp
     assert load_checkpoint(path).training == {"version": 3}
     assert_same_weights(path, new_model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+# Run in a child process whose address space is capped a few GiB above what it holds after
+# importing torch: if loading ever builds the model a config asks for before checking it, the
+# child fails to allocate instead of exhausting this machine's memory.
+HUGE_CONFIG_PROBE = """
+import json, resource, sys
+from charlstm.checkpoint import load_checkpoint
+from charlstm.errors import CharLSTMError
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+small, crafted = sys.argv[1], sys.argv[2:]
+load_checkpoint(small)  # the first load imports and allocates what every load needs
+resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + (4 << 30), resource.RLIM_INFINITY))
+results = []
+for path in crafted:
+    before = status("VmRSS")
+    try:
+        load_checkpoint(path)
+        outcome = "loaded"
+    except CharLSTMError as exc:
+        outcome = "CharLSTMError: " + str(exc)
+    except BaseException as exc:
+        outcome = type(exc).__name__ + ": " + str(exc)
+    results.append({"outcome": outcome, "grew": status("VmRSS") - before})
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_a_config_asking_for_a_huge_model_is_refused_without_allocating_it(tmp_path, tiny_checkpoint):
+    """Issue 11, defect 4: a 200-byte config.json beside small real weights must not make loading
+    build the model it describes (here about 550 GB of LSTM), nor one past the bounds."""
+    import shutil
+    import subprocess
+    import sys
+
+    crafted = {
+        "huge": {"hidden_size": 16384, "num_layers": 64},
+        "wide": {"hidden_size": 16384},
+        "hidden-past-bound": {"hidden_size": 1 << 15},
+        "layers-past-bound": {"num_layers": 65},
+        "embedding-past-bound": {"embedding_size": (1 << 16) + 1},
+    }
+    paths = []
+    for name, change in crafted.items():
+        path = tmp_path / name
+        shutil.copytree(tiny_checkpoint, path)
+        edit_config(path, lambda c, change=change: c["model"].update(change))
+        paths.append(str(path))
+    probe = subprocess.run(
+        [sys.executable, "-c", HUGE_CONFIG_PROBE, str(tiny_checkpoint), *paths],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    results = dict(zip(crafted, json.loads(probe.stdout), strict=True))
+    for name, result in results.items():
+        assert result["outcome"].startswith("CharLSTMError: "), (name, result["outcome"])
+        assert "\n" not in result["outcome"]
+        assert len(result["outcome"]) < 500, f"{name}: not a line one reads: {result['outcome'][:300]}..."
+        assert result["grew"] < 50 << 20, f"{name}: memory grew by {result['grew']:,} bytes"
+    assert "implies" in results["wide"]["outcome"], "the shapes are checked against the weights"
+    assert "--hidden-size must be between" in results["hidden-past-bound"]["outcome"]
+    assert "--num-layers must be between" in results["layers-past-bound"]["outcome"]
+    assert "--embedding-size" in results["embedding-past-bound"]["outcome"]

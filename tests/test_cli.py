@@ -291,3 +291,124 @@ def test_the_flags_doc_check_notices_a_missing_flag():
     assert without != doc
     assert undocumented(without) == ["sample --top-p"]  # `--top-k` does not count for `--top-p`
     assert "train --seed" in undocumented(doc.replace("`--seed S` | 1 |", "seed |"))
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("how", [[], ["--split", "val"]], ids=["no-text", "split-val"])
+def test_eval_of_the_run_itself_matches_its_best_val_loss(cli_run, capsys, how):
+    """Issue 11, defect 7: one evaluator for validation and `charlstm eval`."""
+    assert main(["eval", str(cli_run), *how, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["loss"] == pytest.approx(min(r["val_loss"] for r in _metrics(cli_run)), abs=1e-4)
+
+
+def test_eval_of_a_run_trained_with_a_val_file_scores_that_file(tmp_path, tiny_text_file, capsys):
+    val = tmp_path / "val.txt"
+    val.write_text("How quick the lazy dog jumps over the brown fox.\n" * 8, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_text_file), "--out", str(out), "--val-file", str(val), *TINY_FLAGS]) == 0
+    capsys.readouterr()
+    best = min(r["val_loss"] for r in _metrics(out))
+    for args in ([], ["--split", "val"], [str(val)]):
+        assert main(["eval", str(out), *args, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(best, abs=1e-4), args
+
+
+def test_eval_reads_standard_input(cli_run, tiny_text_file, capsys, monkeypatch):
+    import io
+
+    assert main(["eval", str(cli_run), str(tiny_text_file), "--json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr("sys.stdin", io.StringIO(TINY_TEXT))
+    assert main(["eval", str(cli_run), "-", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(from_file)
+
+
+def test_eval_refuses_both_a_split_and_texts(cli_run, tiny_text_file, capsys):
+    assert main(["eval", str(cli_run), str(tiny_text_file), "--split", "val"]) == 1
+    assert "--split" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_an_unknown_device_is_a_usage_error(cli_run, capsys, command):
+    assert main([command, str(cli_run), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--device" in err and "invalid choice" in err
+
+
+def test_threads_work_after_the_subcommand(cli_run, capsys):
+    import torch
+
+    try:
+        assert main(["sample", str(cli_run), "--length", "5", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+        assert main(["--threads", "1", "sample", str(cli_run), "--length", "5"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["sample", str(cli_run), "--length", "5", "--threads", "0"]) == 1
+        assert "--threads" in one_error_line(capsys)
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_bf16_off_cuda_is_said_in_the_run_summary(tmp_path, tiny_text_file, capsys):
+    flags = [f for f in TINY_FLAGS if f != "--quiet"]
+    assert (
+        main(["train", str(tiny_text_file), "--out", str(tmp_path / "run"), *flags, "--precision", "bf16"])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert any(line.startswith("chosen: ") and "bf16" in line for line in err.splitlines()), err
+
+
+class FakeBar:
+    def __init__(self, rate: float) -> None:
+        self.format_dict = {"rate": rate}
+        self.postfix = ""
+
+    def update(self, steps: int) -> None:
+        pass
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfix = text
+
+
+def test_progress_counts_the_characters_of_every_process():
+    """Under torchrun each process trains its share of the streams; the bar shows them all."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from charlstm.cli import ProgressReporter, StopSignals
+
+    reporter = ProgressReporter(quiet=True, signals=StopSignals())
+    model = {"num_layers": 1, "hidden_size": 32, "cell": "lstm", "dropout": 0.0}
+    config = {"batch_size": 8, "seq_len": 16, "learning_rate": 0.01}
+    reporter.on_start(
+        {"data": ["x"], "num_chars": 10, "vocab_size": 3, "model": model, "parameters": 1, "device": "cpu",
+         "config": config, "steps_per_epoch": 5, "total_steps": 10, "eval_interval": 5, "world_size": 2,
+         "resumed": False, "start_step": 0}
+    )  # fmt: skip
+    reporter.bar = FakeBar(rate=10.0)  # steps per second, as tqdm measures them
+    reporter.last_refresh = -math.inf
+    trainer = SimpleNamespace(
+        progress=SimpleNamespace(epoch=0, window=1),
+        steps_per_epoch=5,
+        train_batches=SimpleNamespace(batch_size=4, seq_len=16),  # this process's 4 of the 8 streams
+    )
+    reporter.on_step(trainer, torch.tensor(1.0))
+    assert f"{10 * 8 * 16:,} chars/s" in reporter.bar.postfix
+
+
+@pytest.mark.slow
+def test_resuming_a_run_with_nothing_left_to_do_is_one_line_and_exit_1(tmp_path, tiny_text_file, capsys):
+    out = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--max-steps", "100000", "--eval-interval", "100000", "--max-time", "0.3"]
+    assert main(["train", str(tiny_text_file), "--out", str(out), *flags]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 1
+    assert "--max-time" in one_error_line(capsys, stdout="")
+    assert main(["train", "--resume", str(out), "--quiet", "--max-time", "0.5"]) == 0
+    assert "saved" in capsys.readouterr().out

@@ -434,3 +434,31 @@ def test_a_memory_mapped_run_trains_exactly_like_an_in_memory_one(tmp_path, tiny
     assert val_losses(mapped) == val_losses(in_memory)
     assert len(val_losses(mapped)) == 2
     assert charlstm.load(mapped).training["num_chars"] == len(TINY_TEXT)
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["in-memory", "memory-mapped"])
+def test_prepare_corpus_joins_files_with_a_line_break(tmp_path, mapped):
+    a, b = write(tmp_path / "a.txt", b"abc"), write(tmp_path / "b.txt", b"xyz")
+    corpus = prepare_corpus([a, b], memmap_path=tmp_path / "corpus.npy" if mapped else None)
+    assert corpus.vocab.decode(corpus.ids.tolist()) == "abc\nxyz" == read_corpus([a, b])[0]
+    assert "\n" in corpus.vocab.chars
+
+
+def test_other_ranks_map_the_corpus_rank_0_wrote_without_writing(tmp_path):
+    paths = mixed_files(tmp_path / "texts")
+    target = tmp_path / "corpus.npy"
+    written = prepare_corpus(paths, memmap_path=target)
+    before = (target.stat().st_mtime_ns, target.stat().st_ino)
+    mapped = prepare_corpus(paths, memmap_path=target, write=False)
+    assert np.array_equal(mapped.ids, written.ids) and mapped.vocab == written.vocab
+    assert not mapped.ids.flags.writeable, "mapped read-only"
+    assert (target.stat().st_mtime_ns, target.stat().st_ino) == before
+    assert not target.with_name("corpus.npy.tmp").exists()
+
+
+def test_a_corpus_file_of_another_text_is_refused(tmp_path):
+    paths = mixed_files(tmp_path / "texts")
+    target = tmp_path / "corpus.npy"
+    np.save(target, np.zeros(5, dtype=np.uint8))
+    with pytest.raises(CharLSTMError, match="does not hold this corpus"):
+        prepare_corpus(paths, memmap_path=target, write=False)

@@ -23,9 +23,11 @@ ORDER = [
     "policy",
     "trainer",
     "checkpoint",
+    "finetune",
     "runstate",
     "sample",
     "metrics",
+    "runfolder",
     "runner",
     "api",
     "export",
@@ -35,7 +37,8 @@ ORDER = [
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}
-VERSION_READERS = ("runner", "api", "cli")  # may take `__version__` from the package, nothing else
+# These may take `__version__` from the package, nothing else.
+VERSION_READERS = ("runfolder", "runner", "api", "cli")
 PACKAGE = Path(charlstm.__file__).parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in EXEMPT)
 

@@ -67,3 +67,30 @@ def test_format_record_is_one_readable_line():
     assert "(1.876 bpc)" in line
     assert "123,457 chars/s" in line
     assert line.endswith("61s")
+
+
+def test_rewrite_reaches_the_disk_before_it_replaces_the_log(tmp_path, monkeypatch):
+    """A resumed run rewrites the log; a crash right after must not leave an empty file in its
+    place (rename without fsync can), so the new content is synced before the rename."""
+    import os
+
+    log = MetricsLog(tmp_path / "m.jsonl")
+    log.write(RECORD)
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def record_fsync(fd):
+        events.append("fsync")
+        return fsync(fd)
+
+    def record_replace(*args, **kwargs):
+        events.append("replace")
+        return replace(*args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    log.rewrite([{**RECORD, "step": 1}])
+    assert [r["step"] for r in log.read()] == [1]
+    assert "fsync" in events, "the new log is never synced"
+    renames = [i for i, event in enumerate(events) if event == "replace"]
+    assert not renames or events.index("fsync") < renames[-1], "synced before the rename"

@@ -263,3 +263,38 @@ def test_draws_follow_the_distribution_after_filtering():
     counts = torch.bincount(sample_next(logits, 0.5, None, None, generator), minlength=4).float() / 20000
     squared = torch.tensor([0.05, 0.15, 0.5, 0.3]) ** 2
     assert torch.allclose(counts, squared / squared.sum(), atol=0.015)
+
+
+def test_the_sampling_table_is_built_once_per_model(tiny_checkpoint, monkeypatch):
+    """Issue 11, defect 9: the (V, 4H) input table was rebuilt for every sample drawn."""
+    import charlstm
+    from charlstm.model import CharRNN
+
+    loaded = charlstm.load(tiny_checkpoint)
+    built: list[int] = []
+    table = CharRNN.input_table
+
+    def counting(self):
+        built.append(1)
+        return table(self)
+
+    monkeypatch.setattr(CharRNN, "input_table", counting)
+    first = [loaded.generate("The ", length=20, seed=s) for s in range(3)]
+    first += ["".join(loaded.stream("The ", length=20, seed=3))]
+    assert len(built) == 1, f"built {len(built)} times for 4 samples"
+    assert first[0] == loaded.generate("The ", length=20, seed=0)
+
+
+def test_samples_follow_weights_changed_in_place(tiny_checkpoint):
+    """Training changes the weights in place between the samples it shows: a cached table must
+    not keep sampling from the old ones."""
+    import charlstm
+
+    loaded = charlstm.load(tiny_checkpoint)
+    loaded.generate("The ", length=20, seed=1)
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            parameter.mul_(3.0)  # as an optimizer step does: the same tensors, new values
+    fresh = charlstm.load(tiny_checkpoint)
+    fresh.model.load_state_dict(loaded.model.state_dict())
+    assert loaded.generate("The ", length=200, seed=1) == fresh.generate("The ", length=200, seed=1)

@@ -290,3 +290,33 @@ def test_tiny_model_overfits_on_cuda():
     progress = trainer.fit()
     assert progress.step == 100
     assert progress.history[-1]["train_loss"] < 0.3
+
+
+def unstable_trainer(**options) -> Trainer:
+    """Validating every step at a learning rate so high that the validation loss often gets worse."""
+    return make_trainer("the cat sat on the mat. " * 12, learning_rate=5.0, eval_interval=1, **options)
+
+
+def test_the_learning_rate_halves_after_lr_patience_validations_without_a_new_best():
+    records: list[tuple[dict, bool]] = []
+    on_eval = fn_hooks(on_eval=lambda _, record, best: records.append((record, best)))
+    trainer = unstable_trainer(lr_patience=1, max_steps=12, hooks=on_eval)
+    trainer.fit()
+    rates = [r["learning_rate"] for r, _ in records]
+    halvings = 0
+    for (record, best), following in zip(records, rates[1:], strict=False):
+        expected = record["learning_rate"] if best else record["learning_rate"] / 2
+        assert following == pytest.approx(expected), records
+        halvings += not best
+    assert halvings >= 1, "the schedule was never exercised"
+    _, meta = capture(trainer)
+    assert meta["scheduler"]["num_bad_epochs"] == trainer.scheduler.num_bad_epochs
+    assert meta["optimizer"][0]["lr"] == trainer.optimizer.param_groups[0]["lr"]
+
+
+def test_stop_patience_marks_the_run_converged_and_ends_it():
+    trainer = unstable_trainer(stop_patience=2, max_steps=200, epochs=100)
+    progress = trainer.fit()
+    assert progress.converged and progress.step < 200
+    assert progress.evals_since_best == 2
+    assert trainer.fit().step == progress.step, "a converged run trains no further"

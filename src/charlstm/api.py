@@ -125,8 +125,9 @@ class CharModel:
         self.model.eval()
         return trace(self.model, self.vocab, text, top_k)
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        return save_checkpoint(path, self.model, self.vocab, self.training)
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Save as a checkpoint folder; `dtype=torch.float16` halves the file (it loads as fp32)."""
+        return save_checkpoint(path, self.model, self.vocab, self.training, dtype=dtype)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -138,8 +139,9 @@ class CharModel:
         }
 
 
-def load(path: str | Path, device: str = "cpu") -> CharModel:
-    """Load a checkpoint folder, or a run folder (its best checkpoint), onto `device`."""
+def load(path: str | Path | None = None, device: str = "cpu") -> CharModel:
+    """Load a checkpoint folder, or a run folder (its best checkpoint), onto `device`; with no
+    path, the pretrained model bundled with the package."""
     checkpoint = load_checkpoint(path, pick_device(device))
     return CharModel(checkpoint.model, checkpoint.vocab, checkpoint.training, checkpoint.path)
 

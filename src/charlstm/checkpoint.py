@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_TENSORS_FILE = "trainer.safetensors"
 TRAINER_META_FILE = "trainer.json"
+BUNDLED_MODEL = "pretrained"
+# Weights may be stored in a smaller float type (the bundled model is fp16); they load as fp32.
+STORED_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 @dataclass
@@ -93,6 +97,7 @@ def save_checkpoint(
     vocab: Vocab,
     training: dict[str, Any],
     trainer_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Save weights (as CPU tensors), hyperparameters, vocabulary and training facts; with
     `trainer_state` also what resuming needs (optimizer, RNGs, position), likewise pickle-free."""
@@ -108,7 +113,7 @@ def save_checkpoint(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes | Path] = {CONFIG_FILE: _json_bytes(config)}
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     try:
         files[WEIGHTS_FILE] = _save_tensors(path, WEIGHTS_FILE, weights)
         if trainer_state is not None:
@@ -172,8 +177,19 @@ def load_trainer_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, meta
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (meaning its `best`, else its `last`)."""
+def bundled_model_path() -> Path:
+    """The pretrained model that ships in the package (trained on the bundled novel)."""
+    return Path(str(resources.files("charlstm").joinpath(BUNDLED_MODEL)))
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """A checkpoint folder, or a run folder (meaning its `best`, else its `last`); None means the
+    bundled pretrained model."""
+    if path is None:
+        path = bundled_model_path()
+        if not (path / CONFIG_FILE).is_file():
+            raise CharLSTMError("this install has no bundled model; give a checkpoint or run folder")
+        return path
     path = Path(path)
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         path = path.parent
@@ -237,25 +253,26 @@ def _check_weights_header(weights_path: Path, model_config: ModelConfig) -> None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CharLSTMError(f"{weights_path}: not a valid safetensors file ({exc})") from None
     if set(found) != set(expected):
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
+        missing = _some(sorted(set(expected) - set(found)))
+        extra = _some(sorted(set(found) - set(expected)))
         raise CharLSTMError(
-            f"{weights_path}: tensors do not match {CONFIG_FILE} (missing {missing}, unexpected {extra})"
+            f"{weights_path}: tensors do not match {CONFIG_FILE} (missing {missing}; unexpected {extra})"
         )
     for name, (shape, dtype) in found.items():
-        want = expected[name]
-        want_dtype = str(want.dtype).removeprefix("torch.")
-        if shape != tuple(want.shape) or _SAFETENSORS_DTYPES.get(dtype) != want_dtype:
+        want = tuple(expected[name].shape)
+        if shape != want or dtype not in STORED_FLOATS:
             raise CharLSTMError(
-                f"{weights_path}: {name} is {shape} {dtype}, but {CONFIG_FILE} implies "
-                f"{tuple(want.shape)} {want_dtype}"
+                f"{weights_path}: {name} is {shape} {dtype}, but {CONFIG_FILE} implies {want} "
+                f"in one of {', '.join(STORED_FLOATS)}"
             )
 
 
-_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+def _some(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit]) or "none"
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path | None, device: torch.device | str = "cpu") -> Checkpoint:
     """Rebuild the model from a checkpoint (or run) folder, onto `device`."""
     path = resolve_checkpoint(path)
     config = read_config(path)
@@ -268,6 +285,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     except (SafetensorError, OSError, ValueError) as exc:
         raise CharLSTMError(f"{weights_path}: not a valid safetensors file ({exc})") from None
     model = CharRNN(model_config)
-    model.load_state_dict(tensors)
+    model.load_state_dict({name: tensor.float() for name, tensor in tensors.items()})
     model.to(device).eval()
     return Checkpoint(model=model, vocab=vocab, training=config.get("training", {}), path=path)

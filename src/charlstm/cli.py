@@ -18,6 +18,7 @@ import torch
 
 from . import __version__
 from .api import CharModel, load, train
+from .checkpoint import resolve_checkpoint
 from .config import DEVICES, ModelConfig, TrainConfig
 from .data import read_corpus
 from .distributed import context_from_env
@@ -25,8 +26,10 @@ from .errors import CharLSTMError
 from .metrics import format_record
 from .presets import AUTO_CHOSEN, PRESETS
 from .trainer import Hooks, Trainer
+from .vocab import describe_chars
 
 PROGRESS_REFRESH_S = 1.0
+CKPT_HELP = "checkpoint folder, or a run folder (its best/); none: the bundled pretrained model"
 
 
 def _flag(name: str) -> str:
@@ -101,12 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="DIR", default=None, help="continue the run in DIR exactly where DIR/last stopped"
     )
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        default=None,
+        help="fine-tune: a new run starting from this checkpoint's (or run's) weights and architecture",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
     add_config_flags(p, ModelConfig, "model", skip=("vocab_size",))
     add_config_flags(p, TrainConfig, "training")
 
     p = commands.add_parser("sample", help="generate text from a checkpoint")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder, or a run folder (its best)")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
     p.add_argument("--prime", default=None, help="text to start from (default: a line break)")
     p.add_argument("--length", type=int, default=500, help="characters to generate (default: 500)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy (default: 1.0)")
@@ -123,12 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = commands.add_parser("eval", help="score a text: loss, bits per character, perplexity")
-    p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument(
         "paths",
         nargs="*",
-        metavar="PATH",
-        help="text files or folders, - for standard input (none: the run's own validation text)",
+        metavar="[CKPT] PATH",
+        help=f"CKPT: {CKPT_HELP}; then text files or folders, - for standard input (none: the run's "
+        "own validation text)",
     )
     p.add_argument(
         "--split", choices=("val",), default=None, help="score the run's held-out validation text"
@@ -138,11 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("info", help="describe a checkpoint")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("export", help="write one step of a model as ONNX (needs charlstm[export])")
-    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder, or a run folder (its best)")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
     p.add_argument("--format", default="onnx", help="export format (default: onnx, the only one so far)")
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="file to write, e.g. model.onnx")
     p.add_argument("--overwrite", action="store_true", help="replace PATH (and vocab.json beside it)")
@@ -213,6 +222,12 @@ class ProgressReporter(Hooks):
             f"{summary['total_steps']} steps, validation every {summary['eval_interval']} steps",
         ]
         lines += [f"chosen: {why}" for why in summary.get("chosen", [])]
+        if "init_from" in summary:
+            start, added = summary["init_from"], summary["init_from"]["added"]
+            lines.append(
+                f"init from: {start['path']} (weights sha256 {start['sha256'][:12]}...); "
+                + (f"{len(added)} new characters: {describe_chars(added)}" if added else "no new characters")
+            )
         self.world_size = summary["world_size"]
         if self.quiet:
             return
@@ -306,6 +321,7 @@ def run_train(args: argparse.Namespace) -> int:
                 resume=args.resume is not None,
                 preset=args.preset,
                 hooks=reporter,
+                init_from=args.init_from,
                 **options,
             )
         finally:
@@ -375,14 +391,27 @@ def print_novelty(model: CharModel, samples: list[str]) -> None:
         print(f"novelty: {label}{describe_novelty(novelty(sample, reference))}", file=sys.stderr)
 
 
+def split_checkpoint(paths: list[str]) -> tuple[str | None, list[str]]:
+    """`[CKPT] PATH ...`: the first path names the model when it is a checkpoint or run folder;
+    otherwise every path is a text and the model is the bundled one."""
+    if paths and paths[0] != "-":
+        try:
+            resolve_checkpoint(paths[0])
+            return paths[0], paths[1:]
+        except CharLSTMError:
+            pass
+    return None, paths
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    if args.split and args.paths:
+    checkpoint, paths = split_checkpoint(args.paths)
+    if args.split and paths:
         raise CharLSTMError("give either --split val or texts to score, not both")
-    model = load(args.checkpoint, args.device)
-    if args.paths == ["-"]:
+    model = load(checkpoint, args.device)
+    if paths == ["-"]:
         text = sys.stdin.read()
-    elif args.paths:
-        text, _ = read_corpus(args.paths, args.encoding)
+    elif paths:
+        text, _ = read_corpus(paths, args.encoding)
     else:
         text = None  # the run's own held-out validation text
     result = model.evaluate(text)
@@ -415,6 +444,9 @@ def run_info(args: argparse.Namespace) -> int:
             f"{training.get('elapsed_s')}s on {training.get('device')}; best val loss "
             f"{training.get('best_val_loss')} nats/char; data: {', '.join(training.get('data', []))}"
         )
+    start = training.get("init_from")
+    if start:
+        print(f"fine-tuned from: {start['path']} (weights sha256 {start['sha256']})")
     return 0
 
 

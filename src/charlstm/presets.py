@@ -47,6 +47,11 @@ def lstm_parameters(hidden_size: int, vocab_size: int, num_layers: int = NUM_LAY
     return vocab_size * embed + first + rest + hidden_size * vocab_size + vocab_size
 
 
+def auto_learning_rate(hidden_size: int) -> float:
+    """Adam's rate for a model of this width: wider models want smaller steps."""
+    return 3e-3 if hidden_size <= 256 else 2e-3 if hidden_size <= 512 else 1e-3
+
+
 def preset_options(
     preset: str, num_chars: int, vocab_size: int, device_type: str, val_frac: float = 0.1
 ) -> tuple[dict[str, Any], list[str]]:
@@ -75,7 +80,7 @@ def auto_options(
     while seq > 8 and train_chars // (batch * seq) < MIN_WINDOWS:
         seq //= 2
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(EPOCH_CHARS / num_chars)))
-    learning_rate = 3e-3 if hidden <= 256 else 2e-3 if hidden <= 512 else 1e-3
+    learning_rate = auto_learning_rate(hidden)
     options = {
         "hidden_size": hidden,
         "num_layers": NUM_LAYERS,

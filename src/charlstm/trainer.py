@@ -54,7 +54,7 @@ class Hooks:
         """After each validation, with its metrics record."""
 
     def on_save(self, trainer: Trainer) -> None:
-        """Write the resumable checkpoint now."""
+        """Write the resumable checkpoint now (the runner writes `last/`, then tells its caller)."""
 
     def should_stop(self) -> bool:
         """Polled after each step: True saves and ends the run (Ctrl-C)."""
