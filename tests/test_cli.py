@@ -266,7 +266,7 @@ def undocumented(doc: str) -> list[str]:
     parser = build_parser()
     (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     commands = dict(subparsers.choices)
-    assert set(commands) == {"train", "sample", "serve", "eval", "info", "export"}
+    assert set(commands) == {"train", "sample", "serve", "eval", "info", "export", "inspect", "plot"}
     sections = doc_sections(doc)
     assert set(sections) == {"", *commands}
     missing = []

@@ -17,6 +17,7 @@ ORDER = [
     "data",
     "model",
     "stepper",
+    "gates",
     "distributed",
     "evaluation",
     "policy",
@@ -33,6 +34,9 @@ ORDER = [
     "protocol",
     "server",
     "export",
+    "inspection",
+    "inspect_page",
+    "plot",
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}

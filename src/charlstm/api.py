@@ -17,6 +17,7 @@ from .config import ModelConfig, TrainConfig
 from .data import BUNDLED_NAME, bundled_text, read_corpus, read_text_file
 from .errors import CharLSTMError
 from .evaluation import HeldOut
+from .gates import Inspection, trace
 from .metrics import score
 from .model import CharRNN
 from .runner import train
@@ -138,6 +139,12 @@ class CharModel:
         with torch.inference_mode():
             nats, chars = held_out.score(self.model)
         return {**score(nats, chars), "num_chars": len(text), "unknown_chars": unknown}
+
+    def inspect(self, text: str, top_k: int = 5) -> Inspection:
+        """Per character: the probability the model gave it and its top-k guesses for the next
+        one; per layer: every state and gate as (T, hidden_size) numpy arrays (see gates.py)."""
+        self.model.eval()
+        return trace(self.model, self.vocab, text, top_k)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
         """Save as a checkpoint folder; `dtype=torch.float16` halves the file (it loads as fp32)."""

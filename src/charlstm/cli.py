@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .api import load, train
+from .api import CharModel, load, train
 from .checkpoint import resolve_checkpoint
 from .config import DEVICES, ModelConfig, TrainConfig
 from .data import read_corpus
@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         "alternatives on stderr",
     )
     p.add_argument("--output", metavar="FILE", default=None, help="write the sample to FILE, not stdout")
+    p.add_argument(
+        "--novelty",
+        action="store_true",
+        help="print the share of the sample's 10-, 20-, 40-character substrings found in the training text",
+    )
 
     p = commands.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible) with a playground")
     p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
@@ -172,9 +177,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", help="export format (default: onnx, the only one so far)")
     p.add_argument("-o", "--output", required=True, metavar="PATH", help="file to write, e.g. model.onnx")
     p.add_argument("--overwrite", action="store_true", help="replace PATH (and vocab.json beside it)")
+    add_inspect_parsers(commands)
     for subparser in commands.choices.values():
         add_common_flags(subparser)
     return parser
+
+
+def add_inspect_parsers(commands: Any) -> None:
+    p = commands.add_parser("inspect", help="write an HTML page of predictions, units and gates on a text")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help=CKPT_HELP)
+    p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="the text to inspect")
+    p.add_argument("--file", default=None, metavar="F", help="inspect this text file instead")
+    p.add_argument(
+        "--split", choices=["val"], default=None, help="the held-out end of the training text (the default)"
+    )
+    p.add_argument("--sample", type=int, default=None, metavar="N", help="inspect a fresh N-character sample")
+    p.add_argument("--seed", type=int, default=None, help="seed for --sample")
+    p.add_argument("--temperature", type=float, default=1.0, help="temperature for --sample (default: 1.0)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="inspect.html",
+        metavar="PAGE",
+        help="the page to write (default: inspect.html)",
+    )
+    p.add_argument(
+        "--max-chars",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="inspect the first N characters (default: 5000)",
+    )
+    p.add_argument("--encoding", default="utf-8", help="encoding of --file (default: utf-8)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where to run (default: cpu)")
+
+    p = commands.add_parser("plot", help="plot the loss curves of one or more training runs to a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with metrics.jsonl)")
+    p.add_argument(
+        "-o", "--output", default="curves.png", metavar="PNG", help="the PNG to write (default: curves.png)"
+    )
+    p.add_argument("--x", choices=["step", "time", "chars"], default="step", help="x axis (default: step)")
 
 
 class ProgressReporter(Hooks):
@@ -349,28 +391,36 @@ def run_sample(args: argparse.Namespace) -> int:
     else:
         samples = model.generate(args.prime, args.length, num_samples=args.num_samples, echo=echo, **options)
     out = sys.stdout if args.output is None else open_output(args.output)
+    texts: list[str] = []
     try:
         if args.num_samples == 1:
             tokens: list[Token] = []
+            pieces: list[str] = []
             for piece in samples:
                 if isinstance(piece, Token):
                     tokens.append(piece)
                     piece = piece.char
                 out.write(piece)
                 out.flush()
+                pieces.append(piece)
             out.write("\n")
+            texts.append("".join(pieces))
             print_logprobs(tokens, args.logprobs)
         else:
             for number, result in enumerate(samples, start=1):
                 text = result.text if isinstance(result, Completion) else result
                 print(f"===== sample {number} of {len(samples)} =====", file=out)
                 print(text, file=out)
+                texts.append(text)
                 if isinstance(result, Completion):
                     print(f"===== log-probabilities of sample {number} =====", file=sys.stderr)
                     print_logprobs(result.tokens, args.logprobs)
     finally:
         if out is not sys.stdout:
             out.close()
+    if args.novelty:  # of the generated text alone, not the prime
+        shown = len(args.prime or "") if echo else 0
+        print_novelty(model, [text[shown:] for text in texts])
     if args.output is not None:
         print(f"wrote the sample to {args.output}", file=sys.stderr)
     return 0
@@ -410,6 +460,16 @@ def run_serve(args: argparse.Namespace) -> int:
         on_ready=lambda url: print(f"serving {model.path} at {url} (Ctrl-C stops)", file=sys.stderr),
     )
     return 0
+
+
+def print_novelty(model: CharModel, samples: list[str]) -> None:
+    """On stderr, so the sample on stdout stays clean: how much of each sample is copied."""
+    from .inspection import describe_novelty, novelty, training_text
+
+    reference = training_text(model)
+    for number, sample in enumerate(samples, start=1):
+        label = f"sample {number}: " if len(samples) > 1 else ""
+        print(f"novelty: {label}{describe_novelty(novelty(sample, reference))}", file=sys.stderr)
 
 
 def split_checkpoint(paths: list[str]) -> tuple[str | None, list[str]]:
@@ -480,6 +540,58 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_inspect(args: argparse.Namespace) -> int:
+    from .inspect_page import write_page
+    from .inspection import describe_novelty, training_text, validation_text
+
+    given_paths = [value for value in (args.checkpoint, args.text) if value is not None]
+    args.checkpoint, rest = split_checkpoint(given_paths)  # a lone TEXT means the bundled model
+    args.text = rest[0] if rest else None
+    sources = {"TEXT": args.text, "--file": args.file, "--split": args.split, "--sample": args.sample}
+    given = [name for name, value in sources.items() if value is not None]
+    if len(given) > 1:
+        raise CharLSTMError(f"give one of TEXT, --file, --split val and --sample, not {' and '.join(given)}")
+    model = load(args.checkpoint, args.device)
+    reference = None
+    if args.text is not None:
+        text, source = args.text, "the given text"
+    elif args.file is not None:
+        text, source = read_corpus([args.file], args.encoding)[0], args.file
+    elif args.sample is not None:
+        text = str(model.generate(None, args.sample, temperature=args.temperature, seed=args.seed))
+        source, reference = f"a {args.sample}-character sample", training_text(model)
+    else:
+        text, source = validation_text(model), "the validation text"
+    data = write_page(model, text, args.output, source, args.max_chars, reference)
+    summary = data["summary"]
+    print(
+        f"wrote {args.output}: {summary['characters']:,} characters of {source}, loss {summary['loss']:.4f} "
+        f"nats/char ({summary['bpc']:.4f} bits/char); open it in a browser"
+    )
+    best: dict[str, dict[str, Any]] = {}
+    for unit in data["ranking"]:
+        best.setdefault(unit["feature"], unit)
+    for feature, unit in best.items():
+        print(
+            f"  best unit for {feature}: layer {unit['layer']} {unit['kind']} unit {unit['unit']} "
+            f"(score {unit['score']:.3f})"
+        )
+    if data["novelty"]:
+        print(f"  novelty: {describe_novelty({int(n): s for n, s in data['novelty'].items()})}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_curves
+
+    curves = plot_curves(args.runs, args.output, args.x)
+    print(f"wrote {args.output}")
+    for curve in curves:
+        best = "no finite val loss" if curve.best is None else f"best val loss {curve.best[1]:.4f} nats/char"
+        print(f"  {curve.name}: {len(curve.x)} evaluations, {best}")
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "sample": run_sample,
@@ -487,6 +599,8 @@ COMMANDS = {
     "eval": run_eval,
     "info": run_info,
     "export": run_export,
+    "inspect": run_inspect,
+    "plot": run_plot,
 }
 
 
