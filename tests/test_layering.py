@@ -27,6 +27,7 @@ ORDER = [
     "runstate",
     "sample",
     "metrics",
+    "plot",
     "runfolder",
     "runner",
     "api",
@@ -36,7 +37,6 @@ ORDER = [
     "export",
     "inspection",
     "inspect_page",
-    "plot",
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}

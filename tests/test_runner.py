@@ -384,3 +384,20 @@ def test_the_tutorial_preset_feeds_one_hot_vectors_and_wraps_targets(tmp_path):
     auto = train([path], tmp_path / "auto", device="cpu", max_steps=1, sample_length=0, hidden_size=32)
     assert read_config(auto / "last")["training"]["config"]["wrap_targets"] is False
     assert read_config(auto / "last")["model"]["embedding_size"] is None
+
+
+def test_a_run_draws_its_loss_curves(tmp_path, tiny_text_file):
+    out = train([tiny_text_file], tmp_path / "run", **TINY_TRAIN_OPTIONS)
+    png = (out / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG"), "curves.png is drawn at the end of every run"
+
+
+def test_a_failing_plot_never_stops_training(tmp_path, tiny_text_file, monkeypatch):
+    from charlstm import runfolder
+
+    def broken(run_dir):
+        raise CharLSTMError("plotting needs matplotlib")
+
+    monkeypatch.setattr(runfolder, "write_curves", broken)
+    out = train([tiny_text_file], tmp_path / "run", **TINY_TRAIN_OPTIONS)
+    assert (out / "best").is_dir() and not (out / "curves.png").exists()

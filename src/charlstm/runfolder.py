@@ -6,6 +6,7 @@ one, opened for a resume with the options checked against it, and written while 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .config import ModelConfig, TrainConfig
 from .data import BUNDLED_NAME, Corpus, find_text_files
 from .errors import CharLSTMError
 from .metrics import MetricsLog
+from .plot import write_curves
 from .runstate import capture
 from .sample import default_prime, generate_texts
 from .trainer import Hooks, Trainer
@@ -43,6 +45,8 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 RUN_FILES = ("best", "last", "metrics.jsonl")
+# curves.png is redrawn at a save at most this often (a plot costs a fraction of a second), and at the end.
+CURVES_EVERY_S = 60.0
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> list[Path]:
@@ -156,6 +160,7 @@ class RunFolder(Hooks):
         self.origin = origin  # the checkpoint a fine-tuning run started from (path, sha256)
         self.is_main = trainer.dist.is_main
         self.metrics = MetricsLog(out_dir / "metrics.jsonl")
+        self.plotted_at = -float("inf")
 
     def facts(self, trainer: Trainer) -> dict[str, Any]:
         progress = trainer.progress
@@ -204,7 +209,19 @@ class RunFolder(Hooks):
         if self.is_main:
             facts = self.facts(trainer)
             save_checkpoint(self.out_dir / "last", trainer.model, self.corpus.vocab, facts, state)
+            if time.monotonic() - self.plotted_at >= CURVES_EVERY_S:
+                self.plot_curves()
             self.caller.on_save(trainer)
+
+    def plot_curves(self) -> None:
+        """Redraw `curves.png`; a convenience, so a missing matplotlib or a failed plot never stops
+        training."""
+        self.plotted_at = time.monotonic()
+        if self.is_main and self.metrics.path.exists():
+            try:
+                write_curves(self.out_dir)
+            except (CharLSTMError, OSError, ValueError):
+                pass
 
     def should_stop(self) -> bool:
         return self.caller.should_stop()

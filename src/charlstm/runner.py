@@ -184,7 +184,7 @@ def train(
         if not resumed and ctx.is_main:
             prepare_out_dir(out_dir, overwrite)
         origin = start.facts() if start else (resumed or {}).get("training", {}).get("init_from")
-        trainer.hooks = RunFolder(out_dir, corpus, trainer, hooks, origin)
+        trainer.hooks = run_folder = RunFolder(out_dir, corpus, trainer, hooks, origin)
         if resumed:
             last = out_dir / "last"
             trainer.model.load_state_dict(load_checkpoint(last, device).model.state_dict())
@@ -204,6 +204,7 @@ def train(
                 summary["init_from"] = {**start.facts(), "added": start.added(corpus.vocab)}
             hooks.on_start(summary)
         trainer.fit()
+        run_folder.plot_curves()
     finally:
         teardown(ctx)
     return out_dir
