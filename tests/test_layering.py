@@ -37,11 +37,13 @@ ORDER = [
     "export",
     "inspection",
     "inspect_page",
+    "cli_parser",
+    "cli_train",
     "cli",
 ]
 EXEMPT = {"__init__", "__main__"}
 # These may take `__version__` from the package, nothing else.
-VERSION_READERS = ("runfolder", "runner", "api", "cli")
+VERSION_READERS = ("runfolder", "runner", "api", "cli_parser", "cli")
 PACKAGE = Path(charlstm.__file__).parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in EXEMPT)
 
