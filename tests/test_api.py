@@ -24,7 +24,7 @@ def korean_text(num_chars: int = 2400, seed: int = 0) -> str:
 
 
 def test_train_writes_best_last_and_metrics(trained_run):
-    assert sorted(p.name for p in trained_run.iterdir()) == ["best", "last", "metrics.jsonl"]
+    assert sorted(p.name for p in trained_run.iterdir()) == ["best", "curves.png", "last", "metrics.jsonl"]
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
     assert {"step", "epoch", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"} <= set(
