@@ -73,7 +73,25 @@ def main() -> None:
     if size > MAX_BYTES:
         raise SystemExit(f"{args.out / WEIGHTS_FILE} is {size:,} bytes, over the {MAX_BYTES:,} allowed")
     (args.out / "MODEL_CARD.md").write_text(render_card(model, card, size), encoding="utf-8")
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    begin, end = "<!-- begin pretrained-sample (generated: do not edit by hand) -->", "<!-- end pretrained-sample -->"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{begin}\n{render_readme(card)}\n{end}{tail}", encoding="utf-8")
     print(json.dumps({"size_bytes": size, **{k: v for k, v in card.items() if k != "sample"}}))
+
+
+def render_readme(card: dict) -> str:
+    options = " ".join(
+        f"--{k.replace('_', '-')} {v!r}" if isinstance(v, str) else f"--{k.replace('_', '-')} {v}"
+        for k, v in card["sample_options"].items()
+    )
+    return f"""```console
+$ charlstm sample {options}
+{card['sample']}
+```
+(validation loss {card['val_loss']} nats/char; how it was trained: src/charlstm/pretrained/MODEL_CARD.md)"""
 
 
 def render_card(model: charlstm.CharModel, card: dict, size: int) -> str:
