@@ -75,7 +75,8 @@ def main() -> None:
     (args.out / "MODEL_CARD.md").write_text(render_card(model, card, size), encoding="utf-8")
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
-    begin, end = "<!-- begin pretrained-sample (generated: do not edit by hand) -->", "<!-- end pretrained-sample -->"
+    begin = "<!-- begin pretrained-sample (generated: do not edit by hand) -->"
+    end = "<!-- end pretrained-sample -->"
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
     readme.write_text(f"{head}{begin}\n{render_readme(card)}\n{end}{tail}", encoding="utf-8")
