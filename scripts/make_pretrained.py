@@ -47,11 +47,16 @@ def main() -> None:
     stored = fp16 if dtype is torch.float16 else fp32
     sample = model.generate(**SAMPLE)
     training = model.training
+    # The time to this checkpoint's validation, from the run's log (the facts saved with best/
+    # predate that validation by one interval in runs made before that was fixed).
+    records = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line]
+    at_best = [r for r in records if r["step"] == training.get("step")]
+    wall_time = at_best[0]["elapsed_s"] if at_best else training.get("elapsed_s")
     card = {
         "command": args.command,
         "commit": args.commit,
         "device": training.get("device"),
-        "wall_time_s": training.get("elapsed_s"),
+        "wall_time_s": wall_time,
         "steps": training.get("step"),
         "epochs": training.get("epoch"),
         "stored_as": str(dtype).removeprefix("torch."),

@@ -225,3 +225,14 @@ def test_generate_and_stream_share_stop_echo_and_logprobs(trained_run):
     assert [t.char for t in result.tokens] == list(full)
     streamed = list(model.stream(prime="Pack", length=60, seed=5, logprobs=3))
     assert streamed == result.tokens
+
+
+def test_a_prime_is_read_as_the_start_of_a_paragraph(trained_run):
+    """The model has rarely seen the empty state (state is carried in training), so a prime is fed
+    after a line break; one that starts with a line break is fed as it is."""
+    model = charlstm.load(trained_run)
+    assert model.encode_prime("The") == ("The", model.vocab.encode("\nThe"))
+    assert model.encode_prime("\nThe") == ("\nThe", model.vocab.encode("\nThe"))
+    assert model.encode_prime(None) == ("\n", model.vocab.encode("\n"))
+    after_break = model.generate("\nThe", length=40, seed=5)
+    assert model.generate("The", length=40, seed=5) == after_break[1:]

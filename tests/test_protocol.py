@@ -33,7 +33,7 @@ def parse(model, **fields):
 def test_defaults_follow_openai(model):
     job = parse(model, prompt="The")
     assert job.max_tokens == 16 and job.temperature == 1.0 and job.top_k is None and job.top_p is None
-    assert job.stop == () and job.prompts == ["The"] and job.prime_ids == [VOCAB.encode("The")]
+    assert job.stop == () and job.prompts == ["The"] and job.prime_ids == [model.encode_prime("The")[1]]
     assert not job.request.stream and not job.request.echo and job.request.logprobs is None
     assert job.sampling(0)["seed"] is None and not job.include_usage
 

@@ -208,7 +208,7 @@ def test_logprobs_are_the_models_distribution(client, char_model):
     generated = choice["text"][len(PROMPT) :]
     assert logprobs["tokens"] == list(generated)
     assert logprobs["text_offset"] == list(range(len(PROMPT), len(PROMPT) + 12))
-    context = VOCAB.encode(PROMPT)
+    _, context = char_model.encode_prime(PROMPT)  # a line break, then the prompt
     with torch.no_grad():
         steps = zip(generated, logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True)
         for char, logprob, top in steps:

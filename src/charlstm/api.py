@@ -46,8 +46,15 @@ class CharModel:
         return self.model.head.weight.device
 
     def encode_prime(self, prime: str | None, drop_unknown: bool = False) -> tuple[str, list[int]]:
-        prime = default_prime(self.vocab) if prime is None or prime == "" else prime
+        """The prime to show and the ids to feed. The ids start with a line break (where the text
+        had one) unless the prime does: a model trained with carried state has rarely seen the
+        empty state, and its first guesses from it are poor, so the prime reads as the start of
+        a paragraph instead."""
+        lead = default_prime(self.vocab)
+        prime = lead if prime is None or prime == "" else prime
         ids = self.vocab.encode(prime, unknown="drop" if drop_unknown else "error", what="prime")
+        if ids and not prime.startswith(lead):
+            ids = self.vocab.encode(lead) + ids
         return prime, ids
 
     def generate(

@@ -185,9 +185,10 @@ class Trainer:
         if not (decision.validate or decision.save):
             return
         interval.pause()
+        self.progress.elapsed_s = self.policy.elapsed()  # what a best/ saved while validating records
         if decision.validate and interval.steps:
             self._validate(interval)
-        self.progress.elapsed_s = self.policy.elapsed()
+            self.progress.elapsed_s = self.policy.elapsed()
         if decision.save:
             if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
                 self._diverged(f"the weights hold NaN or inf at step {self.progress.step}")
