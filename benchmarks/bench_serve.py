@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import ROOT, bundled_text_light, child_env, log, machine
+from benchutil import ROOT, bundled_text_light, child_env, log, machine_info
 
 MODELS = {"tutorial 2 x 512": 512, "CPU default 2 x 256": 256}
 LEVELS = (1, 8, 64)
@@ -242,7 +242,7 @@ def main() -> None:
     chars, requests = (20, 8) if args.quick else (args.chars, args.requests)
     vocab = sorted(set(bundled_text_light()))
     result: dict[str, Any] = {
-        "machine": machine(args.threads),
+        **machine_info(args.threads),  # the machine, commit, command and date
         "load_avg_1m_before": round(os.getloadavg()[0], 2),
         "chars": chars,
         "requests_per_level": requests,

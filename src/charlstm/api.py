@@ -25,7 +25,7 @@ from .sample import Completion, Token, complete, default_prime, stream_completio
 from .trainer import pick_device
 from .vocab import Vocab
 
-__all__ = ["CharModel", "held_out_text", "load", "train"]
+__all__ = ["CharModel", "held_out_text", "load", "train", "training_text"]
 
 
 @dataclass
@@ -174,20 +174,26 @@ def load(path: str | Path | None = None, device: str = "cpu") -> CharModel:
     return CharModel(checkpoint.model, checkpoint.vocab, checkpoint.training, checkpoint.path)
 
 
+def training_text(training: dict[str, Any]) -> str:
+    """The whole text a checkpoint was trained on, from its `training` facts (the bundled novel
+    when that was the data)."""
+    sources = training.get("data")
+    if not sources:
+        raise CharLSTMError("the checkpoint does not say what text it was trained on; give a text instead")
+    if sources == [BUNDLED_NAME]:
+        return bundled_text()
+    missing = [s for s in sources if not Path(s).is_file()]
+    if missing:
+        raise CharLSTMError(f"the run's training text {missing[0]} is gone; give a text instead")
+    text, _ = read_corpus(sources, training.get("encoding", "utf-8"))
+    return text
+
+
 def held_out_text(training: dict[str, Any]) -> str:
     """The validation text of the run described by a checkpoint's `training` facts: its
     --val-file, or the last --val-frac of its training text."""
     config = TrainConfig.from_dict(training.get("config", {}))
-    sources, encoding = training.get("data"), training.get("encoding", "utf-8")
     if config.val_file:
-        return read_text_file(Path(config.val_file), encoding)
-    if not sources:
-        raise CharLSTMError("the checkpoint does not say what it was trained on; give a text to score")
-    if sources == [BUNDLED_NAME]:
-        text = bundled_text()
-    else:
-        missing = [s for s in sources if not Path(s).is_file()]
-        if missing:
-            raise CharLSTMError(f"the run's training text {missing[0]} is gone; give a text to score")
-        text, _ = read_corpus(sources, encoding)
+        return read_text_file(Path(config.val_file), training.get("encoding", "utf-8"))
+    text = training_text(training)
     return text[int(len(text) * (1 - config.val_frac)) :]

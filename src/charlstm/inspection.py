@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .api import CharModel, held_out_text
-from .data import BUNDLED_NAME, bundled_text, read_corpus
-from .errors import CharLSTMError
+from .api import training_text as api_training_text
 from .gates import GATES, Inspection
 
 OPENING_QUOTES = {'"': '"', "\u201c": "\u201d", "\u00ab": "\u00bb"}
@@ -146,18 +144,8 @@ def saturation(result: Inspection, low: float = 0.1, high: float = 0.9) -> list[
 
 
 def training_text(model: CharModel) -> str:
-    """The text the checkpoint was trained on, from its training facts (the bundled novel when
-    that was the data)."""
-    sources = model.training.get("data")
-    if not sources:
-        raise CharLSTMError("the checkpoint does not say what text it was trained on; pass a text or --file")
-    if sources == [BUNDLED_NAME]:
-        return bundled_text()
-    missing = [s for s in sources if not Path(s).exists()]
-    if missing:
-        raise CharLSTMError(f"the training text {missing[0]} is gone; pass a text or --file instead")
-    text, _ = read_corpus(sources, model.training.get("encoding", "utf-8"))
-    return text
+    """The text the checkpoint was trained on (the bundled novel when that was the data)."""
+    return api_training_text(model.training)
 
 
 def validation_text(model: CharModel, align: bool = True) -> str:
