@@ -23,8 +23,8 @@ BENCH = ROOT / "docs" / "bench"
 PAGE = ROOT / "docs" / "benchmarks.md"
 PLOT = BENCH / "time_to_quality.png"
 MISSING = "not recorded"
-# The goals each row is held to (not measurements: what the project set out to reach).
-TARGETS = {"train_speedup": 1.05, "sample_single": 5.0, "sample_batch": 25.0, "data_seconds": 30.0,
+# The goals each row is held to (not measurements: what the project set out to reach; sampling from issue 12).
+TARGETS = {"train_speedup": 1.05, "sample_single": 7.0, "sample_batch": 45.0, "data_seconds": 30.0,
            "data_bytes_per_char": 3.0}
 Result = dict[str, Any]
 
