@@ -38,11 +38,13 @@ bench: install
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_ddp.py
+	$(BIN)/python benchmarks/bench_threads.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/report.py
 
 bench-quality: install
-	$(BIN)/python benchmarks/bench_quality.py --minutes 10 --charlstm-minutes 30
+	$(BIN)/python benchmarks/bench_quality.py --minutes 10
+	$(BIN)/python benchmarks/bench_levers.py --minutes 2
 	$(BIN)/python benchmarks/report.py
 
 clean:

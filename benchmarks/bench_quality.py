@@ -5,7 +5,9 @@ Runs, one after the other, each in its own process with the same thread count an
   tutorial_auto  the tutorial's method at the sizes charlstm's auto preset picks for this corpus on a
                  CPU, validating after as many training characters as the tutorial does
   gpt            a small transformer with nanoGPT's CPU recipe (benchmarks/gpt_baseline.py)
-  charlstm       `charlstm.train()` with its defaults (the auto preset) on the CPU
+  charlstm       `charlstm.train()` with its defaults (the auto preset) on the CPU; besides its long run
+                 (the curve), one run told each shorter budget (--budgets, its --max-time), since the
+                 default learning rate decays over the time a run is given
 Every method's clock includes its own validation during training; process start-up and reading the
 text are not counted. The reported curve is a full validation pass over the held-out split at the
 same wall-time points for every method (benchmarks/harness.py: weights copied at each point, the copy
@@ -13,7 +15,7 @@ excluded from the clock, scored after training).
 Progress goes to stderr; one JSON object goes to stdout and (not with --quick) docs/bench/quality.json;
 then `python benchmarks/report.py` renders the page and the plot.
 
-    python benchmarks/bench_quality.py --minutes 10 --charlstm-minutes 30     # what make bench-quality runs
+    python benchmarks/bench_quality.py --minutes 10     # what make bench-quality runs
     python benchmarks/bench_quality.py --minutes 2 --methods charlstm tutorial_auto
     python benchmarks/bench_quality.py --quick             # smoke test: 20k chars, 20 steps each
 """
@@ -30,6 +32,7 @@ from benchutil import bundled_text_light, log, run_json, set_threads, write_resu
 
 METHODS = ("tutorial", "tutorial_auto", "gpt", "charlstm")
 MILESTONES_MIN = (1, 2, 5, 10, 20, 30)
+BUDGETS_MIN = (1, 2, 5)  # charlstm's runs told a budget, besides its long run
 TARGET_LOSS = 2.0
 TUTORIAL_CHARS_PER_EVAL = 10 * 100 * 100  # the tutorial validates every 10 steps of 100 x 100
 CURVE_KIND = ("a full validation pass over the held-out split at the same wall-time points for every "
@@ -80,12 +83,18 @@ def child_baseline(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def child_charlstm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    return train_charlstm(method_minutes("charlstm", args) * 60, args.seed, tmp, args.quick)
+
+
+def train_charlstm(seconds: float, seed: int, tmp: Path, quick: bool = False,
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`charlstm.train()` on the bundled novel told `seconds` (its defaults, less `options`), with
+    the weights copied at the wall-time points."""
     from harness import Snapshots
 
     import charlstm
     from charlstm.trainer import Hooks, Trainer
 
-    seconds = method_minutes("charlstm", args) * 60
     snapshots = Snapshots(seconds)
     seen: list[Trainer] = []
 
@@ -98,12 +107,12 @@ def child_charlstm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 snapshots.take(trainer.progress.step, elapsed, trainer.model)
 
     paths: list[Path] = []
-    options: dict[str, Any] = {}
-    if args.quick:
+    options = dict(options or {})
+    if quick:
         paths = [tmp / "quick.txt"]
         paths[0].write_text(load_text(True), encoding="utf-8")
-        options = {"max_steps": QUICK_STEPS, "eval_interval": 10}
-    out = charlstm.train(paths, tmp / "run", device="cpu", max_time=seconds, seed=args.seed,
+        options.update(max_steps=QUICK_STEPS, eval_interval=10)
+    out = charlstm.train(paths, tmp / "run", device="cpu", max_time=seconds, seed=seed,
                          hooks=SnapshotHooks(), **options)
     trainer = seen[0]
     progress = trainer.progress
@@ -156,6 +165,25 @@ def analyse(run: dict[str, Any], minutes: float) -> dict[str, Any]:
     }
 
 
+def budget_entry(minutes: float, analysed: dict[str, Any]) -> dict[str, Any]:
+    """What a run told `minutes` reached: its last full pass (at the end of its budget)."""
+    summary = analysed["summary"]
+    return {"minutes": minutes, "final_val_loss": analysed["final_val_loss"],
+            "best_val_loss": analysed["best_val_loss"], "time_to_val_2_0_s": analysed["time_to_val_2_0_s"],
+            "steps": summary["steps"], "wall_s": summary["wall_s"],
+            "eval_fraction_of_wall": summary["eval_fraction_of_wall"]}
+
+
+def run_child(name: str, minutes: float, args: argparse.Namespace) -> dict[str, Any]:
+    log(f"--- {name}: {minutes} min, {args.threads} threads")
+    cmd: list[Any] = [__file__, "--child", name, "--minutes", args.minutes, "--threads", args.threads,
+                      "--seed", args.seed, *(["--quick"] if args.quick else [])]
+    if name == "charlstm":
+        cmd += ["--charlstm-minutes", minutes]
+    # The full passes at the wall-time points come after training: allow for them generously.
+    return run_json(cmd, args.threads, timeout=minutes * 60 * 3 + 600)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget per method")
@@ -163,13 +191,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--budgets", nargs="*", type=float, default=list(BUDGETS_MIN),
+                    help="minutes: charlstm also runs told each budget shorter than its own (default 1 2 5)")
     ap.add_argument("--out-json", type=Path, help="default: docs/bench/quality.json (none with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke test: each method {QUICK_STEPS} steps of a tiny model on 20k chars")
     ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.quick:
-        args.minutes, args.charlstm_minutes = min(args.minutes, 0.5), None
+    if args.quick and not args.child:  # the parent passes each child its minutes
+        args.minutes, args.charlstm_minutes, args.budgets = min(args.minutes, 0.5), None, [0.1]
     if args.child:
         set_threads(args.threads)
         with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
@@ -181,22 +211,21 @@ def main() -> None:
         return
 
     methods: dict[str, dict[str, Any]] = {}
+    budgets: dict[str, dict[str, Any]] = {}
     for name in args.methods:
         minutes = method_minutes(name, args)
-        log(f"--- {name}: {minutes} min, {args.threads} threads")
-        cmd: list[Any] = [__file__, "--child", name, "--minutes", args.minutes, "--threads", args.threads,
-                          "--seed", args.seed, *(["--quick"] if args.quick else [])]
-        if args.charlstm_minutes:
-            cmd += ["--charlstm-minutes", args.charlstm_minutes]
-        # The full passes at the wall-time points come after training: allow for them generously.
-        run = run_json(cmd, args.threads, timeout=minutes * 60 * 3 + 600)
-        methods[name] = analyse(run, minutes)
+        methods[name] = analyse(run_child(name, minutes, args), minutes)
         log(f"{name}: best val {methods[name]['best_val_loss']}, "
             f"val <= {TARGET_LOSS} at {methods[name]['time_to_val_2_0_s']} s")
+        if name == "charlstm":
+            for budget in sorted(b for b in args.budgets if b < minutes):
+                budgets[f"{budget:g}"] = budget_entry(budget, analyse(run_child(name, budget, args), budget))
+                log(f"charlstm told {budget:g} min: {budgets[f'{budget:g}']['final_val_loss']}")
+            budgets[f"{minutes:g}"] = budget_entry(minutes, methods[name])
     result = {"config": {"minutes": args.minutes, "charlstm_minutes": method_minutes("charlstm", args),
                          "threads": args.threads, "seed": args.seed, "quick": args.quick,
                          "target_loss": TARGET_LOSS},
-              "curve_kind": CURVE_KIND, "methods": methods}
+              "curve_kind": CURVE_KIND, "methods": methods, "charlstm_budgets": budgets}
     write_result(result, "quality", args.threads, args.quick and not args.out_json, args.out_json)
 
 

@@ -26,6 +26,8 @@ MISSING = "not recorded"
 # The goals each row is held to (not measurements: what the project set out to reach; sampling from issue 12).
 TARGETS = {"train_speedup": 1.05, "sample_single": 7.0, "sample_batch": 45.0, "data_seconds": 30.0,
            "data_bytes_per_char": 3.0}
+# Issue 12's goals for charlstm's defaults on a 2-core CPU, validation included in the wall time.
+QUALITY_TARGETS = {"time_to_2_0_s": 20.0, "val_after_min": {"1": 1.75, "2": 1.55, "5": 1.40, "10": 1.33}}
 Result = dict[str, Any]
 
 
@@ -199,9 +201,96 @@ def render_quality(quality: Result) -> str:
             f"{entry['best_val_loss']:.3f} ({summary['steps']:,} steps)",
             f"{share:.0%}" if share is not None else MISSING,
         ]))
+    budgets = quality.get("charlstm_budgets") or {}
+    if budgets:
+        first = budgets[min(budgets, key=float)]
+        reached = first["time_to_val_2_0_s"]
+        lines.append(row([
+            "charlstm defaults, a run told each budget (`--max-time`): its loss at the end",
+            *(f"{budgets[m]['final_val_loss']:.3f}" if m in budgets else "" for m in shown),
+            f"{reached:.0f} s (the {first['minutes']:g} min run)" if reached is not None else "not reached",
+            "", ", ".join(f"{b['eval_fraction_of_wall']:.0%}" for b in budgets.values()),
+        ]))
     kind = quality.get("curve_kind", "each method's own validations (in its clock)")
     lines += ["", f"Curves: {kind}. Budgets: {config['minutes']:g} min per baseline, "
               f"{config['charlstm_minutes']:g} min for charlstm; {config['threads']} threads each."]
+    return "\n".join(lines)
+
+
+def ahead_of(curve: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[int, int]:
+    """(points where `curve` is lower, points compared): the wall-time points both reached."""
+    at = {s: p["val_loss"] for p in other for s in p.get("points_s", [])}
+    pairs = [(p["val_loss"], at[s]) for p in curve for s in p.get("points_s", []) if s in at]
+    return sum(a < b for a, b in pairs), len(pairs)
+
+
+def render_quality_targets(quality: Result) -> str:
+    goals = QUALITY_TARGETS
+    budgets, methods = quality.get("charlstm_budgets") or {}, quality["methods"]
+    lines = [row(["goal (charlstm defaults, 2-core CPU, validation in the clock)", "target", "measured",
+                  "met?"]), row(["---"] * 4)]
+    first = budgets[min(budgets, key=float)] if budgets else None
+    reached = first["time_to_val_2_0_s"] if first else None
+    long_run = methods.get("charlstm", {}).get("time_to_val_2_0_s")
+    lines.append(row([
+        "time to validation loss 2.0", f"<= {goals['time_to_2_0_s']:g} s",
+        (f"{num(reached)} s in the {first['minutes']:g} min run" if reached is not None else "not reached")
+        + (f", {num(long_run)} s in the long run" if long_run is not None else ""),
+        yes(reached is not None and reached <= goals["time_to_2_0_s"]),
+    ]))
+    for minute, goal in goals["val_after_min"].items():
+        entry = budgets.get(minute)
+        lines.append(row([
+            f"validation loss after {minute} min (a run told {minute} min)", f"<= {goal}",
+            f"{entry['final_val_loss']:.3f}" if entry else MISSING,
+            yes(entry is not None and entry["final_val_loss"] <= goal) if entry else "",
+        ]))
+    gpt = methods.get("gpt")
+    if gpt and "charlstm" in methods:
+        lower, compared = ahead_of(methods["charlstm"]["curve"], gpt["curve"])
+        gpt_at = gpt["val_loss_at_minutes"]
+        told = [(m, b["final_val_loss"], gpt_at[m]) for m, b in budgets.items() if gpt_at.get(m) is not None]
+        told_lower = sum(mine < theirs for _, mine, theirs in told)
+        lines.append(row([
+            "ahead of the transformer baseline at every point", "every point",
+            f"the long run is lower at {lower} of {compared} wall-time points; the budgeted runs at "
+            f"{told_lower} of {len(told)} minute marks",
+            yes(compared > 0 and lower == compared and told_lower == len(told)),
+        ]))
+    return "\n".join(lines)
+
+
+def render_levers(levers: Result) -> str:
+    config = levers["config"]
+    minutes = config["minutes"]
+    header = ["variant (all else the defaults)", "loss after 1 min", f"loss at the end ({minutes:g} min)",
+              "time to <= 2.0", "steps", "validation share"]
+    lines = [row(header), row(["---"] * len(header))]
+    for entry in levers["variants"].values():
+        reached = entry["time_to_val_2_0_s"]
+        at_one = entry["val_loss_at_1_min"]
+        lines.append(row([
+            entry["what"], f"{at_one:.3f}" if at_one is not None else "",
+            f"**{entry['final_val_loss']:.3f}**",
+            f"{reached:.0f} s" if reached is not None else "not reached",
+            f"{entry['steps']:,}", f"{entry['eval_fraction_of_wall']:.0%}",
+        ]))
+    lines += ["", f"Each variant told {minutes:g} min (`--max-time`), seed {config['seed']}, "
+              f"{config['threads']} threads, one after the other; the losses are full passes over the "
+              "held-out split (`python benchmarks/bench_levers.py`)."]
+    return "\n".join(lines)
+
+
+def render_threads(threads: Result) -> str:
+    config = threads["config"]
+    lines = [row(["machine", "1 thread", "2 threads", "faster"]), row(["---"] * 4)]
+    for condition, what in (("idle", "idle"), ("busy", "beside a second training process (2 threads)")):
+        one, two = threads[condition]["1"]["median"], threads[condition]["2"]["median"]
+        faster = f"{'1 thread' if one > two else '2 threads'} ({max(one, two) / min(one, two):.2f} x)"
+        lines.append(row([what, f"{num(one)} chars/s", f"{num(two)} chars/s", faster]))
+    lines += ["", f"{config['layers']} x {config['hidden']} LSTM, batch {config['batch']} x {config['seq']} "
+              f"(auto's CPU choice), medians of {config['repeats']} alternating repeats of {config['steps']} "
+              f"steps on {config['cores']} cores (`python benchmarks/bench_threads.py`)."]
     return "\n".join(lines)
 
 
@@ -216,6 +305,11 @@ def plot_quality(quality: Result, path: Path) -> None:
         xs = [p["elapsed_s"] / 60 for p in entry["curve"]]
         ax.plot(xs, [p["val_loss"] for p in entry["curve"]], marker=".", markersize=3,
                 label=entry["summary"]["label"])
+    budgets = quality.get("charlstm_budgets") or {}
+    if budgets:
+        ax.plot([b["wall_s"] / 60 for b in budgets.values()], [b["final_val_loss"] for b in budgets.values()],
+                linestyle="none", marker="*", markersize=10, color="black",
+                label="charlstm, a run told each budget (--max-time): the end of each")
     ax.axhline(quality["config"].get("target_loss", 2.0), color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("wall time (minutes, each method's own validation included)")
     ax.set_ylabel("validation loss (nats/char)")
@@ -284,18 +378,35 @@ def render_serve(serve: Result) -> str:
 
 def blocks(bench: Path = BENCH) -> dict[str, str]:
     """Every generated block of the page, by marker name, from the JSON files in `bench`."""
-    results = {name: r for name in ("train", "sample", "data", "ddp", "quality", "gpu_h200", "serve")
+    results = {name: r for name in ("train", "sample", "data", "ddp", "quality", "levers", "threads",
+                                    "gpu_h200", "serve")
                if (r := load(name, bench)) is not None}
     renderers: dict[str, Callable[[], str]] = {
         "provenance": lambda: render_provenance(results),
         "summary": lambda: render_summary(results["train"], results["sample"], results["data"]),
         "train-notes": lambda: render_train_notes(results["train"], results["sample"]),
         "quality": lambda: render_quality(results["quality"]),
+        "quality-targets": lambda: render_quality_targets(results["quality"]),
+        "levers": lambda: render_levers(results["levers"]),
+        "threads": lambda: render_threads(results["threads"]),
         "ddp": lambda: render_ddp(results["ddp"]),
         "gpu": lambda: render_gpu(results["gpu_h200"]),
         "serve": lambda: render_serve(results["serve"]),
     }
-    return {name: render() for name, render in renderers.items()}
+    # the result each block is rendered from, and the script that writes it
+    sources = {"summary": ("train", "bench_train.py"), "train-notes": ("train", "bench_train.py"),
+               "quality": ("quality", "bench_quality.py"), "quality-targets": ("quality", "bench_quality.py"),
+               "levers": ("levers", "bench_levers.py"), "threads": ("threads", "bench_threads.py"),
+               "ddp": ("ddp", "bench_ddp.py"), "gpu": ("gpu_h200", "gpu_check.sh"),
+               "serve": ("serve", "bench_serve.py")}
+    rendered = {}
+    for name, render in renderers.items():
+        result, script = sources.get(name, (None, ""))
+        if result is not None and result not in results:
+            rendered[name] = f"No results yet: run `benchmarks/{script}` (it writes docs/bench/{result}.json)"
+        else:
+            rendered[name] = render()
+    return rendered
 
 
 def main() -> int:

@@ -109,6 +109,10 @@ def test_bench_quality_quick_runs_all_four_methods_and_report_renders_it(tmp_pat
         assert len(entry["own_curve"]) == 2  # validation every 10 of the 20 steps
         assert 0 < entry["summary"]["eval_fraction_of_wall"] < 1
     assert result["methods"]["charlstm"]["summary"]["config"]["eval_interval"] == 10
+    # charlstm also ran told a shorter budget, and its long run is listed with the budgets
+    assert list(result["charlstm_budgets"]) == ["0.1", "0.5"]
+    for minutes, budget in result["charlstm_budgets"].items():
+        assert budget["minutes"] == float(minutes) and budget["steps"] <= 20 and budget["final_val_loss"] > 0
     # report.py renders the new format: every method's label lands in the page's table
     bench = tmp_path / "bench"
     shutil.copytree(DOCS / "bench", bench)
@@ -120,6 +124,7 @@ def test_bench_quality_quick_runs_all_four_methods_and_report_renders_it(tmp_pat
     text = page.read_text(encoding="utf-8")
     for entry in result["methods"].values():
         assert entry["summary"]["label"] in text
+    assert "a run told each budget" in text and "time to validation loss 2.0" in text
     assert (bench / "time_to_quality.png").stat().st_size > 0
     assert run_report("--check", "--bench", str(bench), "--page", str(page)).returncode == 0
 
@@ -271,3 +276,23 @@ def test_finetune_curve_quick(tmp_path: Path, trained_run: Path):
     assert "Not measured yet" not in written and "| new characters | fine-tuned (default rate) |" in written
     assert "](f.png)" in written
     assert written.endswith(real_doc.read_text(encoding="utf-8").split("<!-- finetune:end -->")[1])
+
+
+@pytest.mark.slow
+def test_bench_levers_quick_runs_each_variant_told_its_budget():
+    result = run_quick("bench_levers.py", "--variants", "defaults", "no_decay")
+    assert_provenance(result, "bench_levers.py")
+    assert list(result["variants"]) == ["defaults", "no_decay"]
+    for entry in result["variants"].values():
+        assert entry["curve"] and entry["steps"] == 20 and entry["final_val_loss"] > 0
+    assert result["variants"]["no_decay"]["options"] == {"lr_decay": "none"}
+    assert "lr_decay" not in result["variants"]["defaults"]["options"]
+
+
+@pytest.mark.slow
+def test_bench_threads_quick_measures_both_thread_counts_idle_and_busy():
+    result = run_quick("bench_threads.py", threads=False)
+    assert_provenance(result, "bench_threads.py")
+    for condition in ("idle", "busy"):
+        assert set(result[condition]) == {"1", "2"}
+        assert all(v["median"] > 0 and len(v["chars_per_sec"]) == 1 for v in result[condition].values())

@@ -80,6 +80,8 @@ def _train_command(corpus, out, *prefix: str) -> list[str]:
         "--quiet",
         "--device",
         "cpu",
+        "--lr-decay",  # a constant rate: the tests resume runs with a larger --max-steps
+        "none",
     ]
 
 

@@ -116,7 +116,7 @@ def test_init_from_grows_the_vocabulary_reports_it_and_records_the_start(tmp_pat
     assert starts[0]["init_from"]["added"] == sorted(set(NEW_TEXT) - set(TINY_TEXT))
     assert set(NEW_CHARS) <= set(starts[0]["init_from"]["added"])
     assert starts[0]["model"]["hidden_size"] == base.config.hidden_size  # auto did not resize it
-    assert starts[0]["config"]["learning_rate"] == pytest.approx(0.001)  # a third of auto's 0.003
+    assert starts[0]["config"]["learning_rate"] == pytest.approx(0.00167)  # a third of auto's 0.005
     weights = base_run / "best" / WEIGHTS_FILE
     for folder in ("best", "last"):
         config = json.loads((out / folder / CONFIG_FILE).read_text(encoding="utf-8"))

@@ -21,6 +21,7 @@ ORDER = [
     "distributed",
     "evaluation",
     "policy",
+    "lr_schedule",
     "trainer",
     "checkpoint",
     "finetune",

@@ -94,3 +94,8 @@ def test_rewrite_reaches_the_disk_before_it_replaces_the_log(tmp_path, monkeypat
     assert "fsync" in events, "the new log is never synced"
     renames = [i for i, event in enumerate(events) if event == "replace"]
     assert not renames or events.index("fsync") < renames[-1], "synced before the rename"
+
+
+def test_a_partial_validation_says_how_much_it_scored():
+    line = format_record({**RECORD, "val_chars": 24_815})
+    assert "(1.876 bpc on 24,815 chars)" in line and "\n" not in line

@@ -155,12 +155,12 @@ def test_flags_of_another_rank_are_agreed_with_one_all_reduce():
     """Rank 1's clock says a save is due, its loss is NaN and it received a signal; rank 0's
     clock and loss do not: rank 0 takes the same decision, from one all-reduce."""
     clock = ManualClock()
-    # flags in the order the policy stacks them: stop, out of time, save due, non-finite
+    # flags in the order the policy stacks them: stop, out of time, save due, non-finite, elapsed
     for other, check in [
-        ([0.0, 0.0, 1.0, 0.0], lambda d: d.save and not d.ends_run and not d.non_finite),
-        ([0.0, 1.0, 0.0, 0.0], lambda d: d.out_of_time and d.validate and d.save),
-        ([1.0, 0.0, 0.0, 0.0], lambda d: d.stop and d.save and not d.validate),
-        ([0.0, 0.0, 0.0, 1.0], lambda d: d.non_finite),
+        ([0.0, 0.0, 1.0, 0.0, 0.0], lambda d: d.save and not d.ends_run and not d.non_finite),
+        ([0.0, 1.0, 0.0, 0.0, 0.0], lambda d: d.out_of_time and d.validate and d.save),
+        ([1.0, 0.0, 0.0, 0.0, 0.0], lambda d: d.stop and d.save and not d.validate),
+        ([0.0, 0.0, 0.0, 1.0, 0.0], lambda d: d.non_finite),
     ]:
         context = OtherRank(other)
         policy = make_policy(clock, dist_context=context, checkpoint_seconds=60.0, max_time=600.0)
@@ -170,8 +170,33 @@ def test_flags_of_another_rank_are_agreed_with_one_all_reduce():
         assert len(context.calls) == 1, "one collective a step, whatever is decided"
 
 
+def test_the_elapsed_time_the_schedule_reads_is_the_latest_rank_s():
+    """The learning rate follows the clock when --max-time is given: every rank must read the same time."""
+    clock = ManualClock()
+    policy = make_policy(clock, dist_context=OtherRank([0.0, 0.0, 0.0, 0.0, 42.0]), max_time=600.0)
+    policy.start(5.0)
+    assert policy.agreed_elapsed == 5.0, "a resumed run starts from the time it had used"
+    clock.now += 3.0
+    policy.decide(1, LOSS, False)
+    assert policy.agreed_elapsed == pytest.approx(42.0)
+    alone = make_policy(clock, max_time=600.0)
+    clock.now += 7.0
+    alone.decide(1, LOSS, False)
+    assert alone.agreed_elapsed == pytest.approx(7.0)
+
+
+def test_early_validations_are_partial_and_save_nothing():
+    config = TrainConfig(checkpoint_seconds=0.0)
+    policy = Policy(config, 100, 40, torch.device("cpu"), None, ManualClock(), frozenset({10, 20}))
+    early, full = policy.decide(10, LOSS, False), policy.decide(40, LOSS, False)
+    assert early.validate and early.partial and not early.save
+    assert full.validate and not full.partial and full.save
+    last = Policy(config, 10, 40, torch.device("cpu"), None, ManualClock(), frozenset({10}))
+    assert not last.decide(10, LOSS, False).partial, "the last validation scores the whole text"
+
+
 def test_a_step_with_nothing_to_poll_makes_no_collective():
-    context = OtherRank([1.0, 1.0, 1.0, 1.0])
+    context = OtherRank([1.0, 1.0, 1.0, 1.0, 1.0])
     policy = make_policy(dist_context=context, device="cuda", eval_interval=1000)
     assert policy.decide(3, LOSS, False) == Decision()
     assert context.calls == [], "all ranks skip the same steps, so none waits for the others"
@@ -197,7 +222,7 @@ for step in range(1, 9):
     decision = policy.decide(step, loss, stop_requested=ctx.rank == 0 and step == 5)
     if decision.save:
         policy.saved()
-    decisions.append([step, decision.save, decision.stop, decision.non_finite])
+    decisions.append([step, decision.save, decision.stop, decision.non_finite, policy.agreed_elapsed])
 with open(sys.argv[1] + f".{ctx.rank}", "w") as f:
     json.dump(decisions, f)
 teardown(ctx)
@@ -225,7 +250,8 @@ def test_two_processes_with_different_clocks_take_the_same_decisions(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"decisions.{r}").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]
-    saves = [step for step, save, _, _ in ranks[0] if save]
+    saves = [step for step, save, *_ in ranks[0] if save]
     assert saves[0] == 4, "rank 0's clock reached 1 s first: both save at its step"
-    assert [step for step, _, stop, _ in ranks[0] if stop] == [5]
-    assert [step for step, _, _, non_finite in ranks[0] if non_finite] == [7]
+    assert [step for step, _, stop, *_ in ranks[0] if stop] == [5]
+    assert [step for step, _, _, non_finite, _ in ranks[0] if non_finite] == [7]
+    assert [elapsed for *_, elapsed in ranks[0]][:2] == pytest.approx([0.3, 0.6]), "rank 0's faster clock"

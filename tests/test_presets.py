@@ -24,6 +24,7 @@ from charlstm.presets import (
     NUM_LAYERS,
     auto_options,
     lstm_parameters,
+    preset_options,
 )
 
 DEVICES = sorted(DEVICE_MAX_HIDDEN)
@@ -201,9 +202,16 @@ def test_auto_trains_on_a_short_text_that_the_tutorial_preset_refuses(tmp_path):
 
 def test_bundled_corpus_on_a_cpu_and_on_cuda():
     cpu, _ = auto_options(BUNDLED_CHARS, BUNDLED_VOCAB, "cpu")
-    assert (cpu["hidden_size"], cpu["batch_size"], cpu["seq_len"], cpu["dropout"]) == (256, 32, 64, 0.0)
+    assert (cpu["hidden_size"], cpu["batch_size"], cpu["seq_len"], cpu["dropout"]) == (256, 16, 64, 0.0)
+    assert (cpu["learning_rate"], cpu["lr_decay"]) == (0.005, "cosine")
     cuda, _ = auto_options(BUNDLED_CHARS, BUNDLED_VOCAB, "cuda")
     assert cuda["hidden_size"] == 512
+
+
+def test_the_tutorial_preset_keeps_a_constant_rate_without_warm_up():
+    options, _ = preset_options("tutorial", BUNDLED_CHARS, BUNDLED_VOCAB, "cpu")
+    config = TrainConfig(**{k: v for k, v in options.items() if k in TrainConfig.__dataclass_fields__})
+    assert (config.lr_decay, config.warmup_steps, config.learning_rate) == ("none", 0, 0.001)
 
 
 def describe(options: dict) -> str:
@@ -219,7 +227,7 @@ def test_docs_state_what_auto_chooses_for_the_bundled_corpus():
     for device, where in (("cpu", "on a CPU"), ("cuda", "on a CUDA GPU")):
         options, _ = auto_options(BUNDLED_CHARS, BUNDLED_VOCAB, device)
         assert f"{describe(options)} {where}" in doc, device
-    assert "2 x 256, dropout 0, batch 32 x 64" in doc
+    assert "2 x 256, dropout 0, batch 16 x 64" in doc
     assert re.search(r"2 x 512, dropout [\d.]+, batch 128 x 128", doc)
 
 

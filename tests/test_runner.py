@@ -6,6 +6,7 @@ import pytest
 from conftest import TINY_TEXT, TINY_TRAIN_OPTIONS, fn_hooks
 
 from charlstm.errors import CharLSTMError
+from charlstm.lr_schedule import decay_factor
 from charlstm.runner import (
     MODEL_OPTIONS,
     RESUMABLE_CHANGES,
@@ -97,11 +98,14 @@ def test_resume_of_a_finished_run_with_more_steps_continues_it(tmp_path, tiny_te
 
 def test_resume_may_lower_the_learning_rate(tmp_path, tiny_text_file):
     """After a divergence the advice is to resume with a lower rate: it must take effect."""
-    out = train([tiny_text_file], tmp_path / "run", **{**TINY_TRAIN_OPTIONS, "max_steps": 3})
+    out = train(
+        [tiny_text_file], tmp_path / "run", **{**TINY_TRAIN_OPTIONS, "max_steps": 3, "lr_decay": "cosine"}
+    )
     rates: list[float] = []
     hooks = fn_hooks(on_step=lambda t, _loss: rates.append(t.optimizer.param_groups[0]["lr"]))
     train([], out, resume=True, max_steps=5, learning_rate=1e-5, hooks=hooks)
-    assert rates == [1e-5, 1e-5]
+    # the new rate is the schedule's peak: the cosine goes on from where the run was (5 steps in all)
+    assert rates == pytest.approx([1e-5 * decay_factor(step / 5, "cosine") for step in (3, 4)])
 
 
 def test_batch_must_divide_among_processes(tmp_path, tiny_text_file, monkeypatch):
@@ -235,7 +239,7 @@ def test_the_auto_preset_sizes_windows_from_the_training_fraction(tmp_path):
     from charlstm.presets import auto_options
     from charlstm.vocab import Vocab
 
-    text = (TINY_TEXT * 12)[:20_000]
+    text = (TINY_TEXT * 12)[:12_000]
     path = tmp_path / "text.txt"
     path.write_text(text, encoding="utf-8")
     vocab_size = len(Vocab.from_text(text))
@@ -339,10 +343,21 @@ def test_validation_records_carry_a_seeded_sample_of_the_length_asked(tmp_path, 
 def test_a_resumed_run_with_samples_is_bit_identical_to_an_uninterrupted_one(tmp_path, tiny_text_file):
     from safetensors.torch import load_file
 
-    options = {"sample_length": 50, "dropout": 0.3, "num_layers": 2, "max_steps": 9}
+    options = {"sample_length": 50, "dropout": 0.3, "num_layers": 2, "max_steps": 9, "lr_decay": "cosine"}
     straight = _samples(tmp_path, tiny_text_file, "straight", **options)
-    first = _samples(tmp_path, tiny_text_file, "resumed", **{**options, "max_steps": 3})
+    # Interrupted (as by Ctrl-C) after step 4, between two validations; the same --max-steps, so
+    # the learning-rate schedule is the same.
     records: list[dict] = []
+    steps: list[int] = []
+    hooks = fn_hooks(
+        on_eval=lambda t, record, best: records.append(record),
+        on_step=lambda t, _: steps.append(t.progress.step),
+        should_stop=lambda: bool(steps) and steps[-1] >= 4,
+    )
+    _run_once(tmp_path, tiny_text_file, name="resumed", hooks=hooks, **options)
+    first = [(r["step"], r.get("sample")) for r in records]
+    assert [step for step, _ in first] == [3] and steps[-1] == 4
+    records = []
     train([], tmp_path / "resumed", resume=True, max_steps=9,
           hooks=fn_hooks(on_eval=lambda t, record, best: records.append(record)))  # fmt: skip
     assert first + [(r["step"], r.get("sample")) for r in records] == straight

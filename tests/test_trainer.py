@@ -292,6 +292,9 @@ def test_tiny_model_overfits_on_cuda():
     assert progress.history[-1]["train_loss"] < 0.3
 
 
+TEXT_FOR_STATE = "the cat sat on the mat. " * 12
+
+
 def unstable_trainer(**options) -> Trainer:
     """Validating every step at a learning rate so high that the validation loss often gets worse."""
     return make_trainer("the cat sat on the mat. " * 12, learning_rate=5.0, eval_interval=1, **options)
@@ -310,8 +313,20 @@ def test_the_learning_rate_halves_after_lr_patience_validations_without_a_new_be
         halvings += not best
     assert halvings >= 1, "the schedule was never exercised"
     _, meta = capture(trainer)
-    assert meta["scheduler"]["num_bad_epochs"] == trainer.scheduler.num_bad_epochs
+    every_halving = sum(not best for _, best in records)
+    assert meta["progress"]["lr_scale"] == 0.5**every_halving, "the halvings are kept for a resume"
     assert meta["optimizer"][0]["lr"] == trainer.optimizer.param_groups[0]["lr"]
+
+
+def test_a_run_state_saved_before_the_schedule_resumes_at_the_rate_it_had_reached():
+    trainer = make_trainer(TEXT_FOR_STATE, learning_rate=0.01, max_steps=3)
+    trainer.fit()
+    tensors, meta = capture(trainer)
+    meta["progress"].pop("lr_scale")
+    meta["optimizer"][0]["lr"], meta["scheduler"] = 0.0025, {"num_bad_epochs": 1}  # two halvings
+    again = make_trainer(TEXT_FOR_STATE, learning_rate=0.01, max_steps=3)
+    restore(again, tensors, meta, "old")
+    assert again.progress.lr_scale == 0.25 and again.learning_rate() == pytest.approx(0.0025)
 
 
 def test_stop_patience_marks_the_run_converged_and_ends_it():
@@ -320,3 +335,25 @@ def test_stop_patience_marks_the_run_converged_and_ends_it():
     assert progress.converged and progress.step < 200
     assert progress.evals_since_best == 2
     assert trainer.fit().step == progress.step, "a converged run trains no further"
+
+
+def test_early_validations_score_the_first_eighth_and_never_make_a_best():
+    records: list[tuple[dict, bool]] = []
+    saves: list[int] = []
+    hooks = fn_hooks(
+        on_eval=lambda _, record, best: records.append((record, best)),
+        on_save=lambda t: saves.append(t.progress.step),
+    )
+    text = "the cat sat on the mat. " * 300
+    interval = make_trainer(text).eval_interval
+    trainer = make_trainer(text, learning_rate=0.01, hooks=hooks, epochs=100, max_steps=interval)
+    trainer.fit()
+    steps = [r["step"] for r, _ in records]
+    assert steps == [interval // 4, interval // 2, interval]
+    early, full = [r for r, _ in records[:2]], records[2][0]
+    whole = trainer.held_out.pairs
+    assert all(r["val_chars"] < whole / 7 for r in early) and "val_chars" not in full
+    assert [best for _, best in records] == [False, False, True]
+    assert saves == [interval], "nothing is saved at a partial validation"
+    assert trainer.progress.best_val_loss == pytest.approx(full["val_loss"], abs=1e-5)
+    assert trainer.progress.evals_since_best == 0

@@ -20,6 +20,7 @@ MAX_VOCAB = 1 << 16
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "gloo", "nccl")
 PRECISIONS = ("fp32", "bf16")
+LR_DECAYS = ("none", "cosine", "linear")
 # Bounds on sizes read from files a user may not trust: past these a config.json asks for more
 # memory than any character model needs, so loading it could exhaust the machine.
 MAX_HIDDEN = 1 << 14
@@ -118,6 +119,12 @@ class TrainConfig:
     checkpoint_seconds: float = _opt(
         300.0, "also save DIR/last when this many seconds passed since the last save (0: never)"
     )
+    warmup_steps: int = _opt(0, "raise the learning rate linearly from zero over this many steps")
+    lr_decay: str = _opt(
+        "none",
+        "lower the learning rate to a tenth over the run: its steps, or --max-time when that comes first",
+        choices=LR_DECAYS,
+    )
     lr_patience: int = _opt(
         0, "halve the learning rate after this many validations without a new best (0: never)"
     )
@@ -158,6 +165,11 @@ class TrainConfig:
         _require(
             math.isfinite(self.checkpoint_seconds) and self.checkpoint_seconds >= 0,
             f"--checkpoint-seconds must be 0 (off) or positive, not {self.checkpoint_seconds}",
+        )
+        _require(self.warmup_steps >= 0, f"--warmup-steps must be 0 (off) or more, not {self.warmup_steps}")
+        _require(
+            self.lr_decay in LR_DECAYS,
+            f"--lr-decay must be one of {', '.join(LR_DECAYS)}, not {self.lr_decay!r}",
         )
         _require(self.lr_patience >= 0, f"--lr-patience must be 0 (off) or more, not {self.lr_patience}")
         _require(

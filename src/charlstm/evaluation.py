@@ -50,10 +50,19 @@ class HeldOut:
         self.width = math.ceil(self.pairs / rows)
         self.window = window
         self.dist = dist
+        self.streams = streams
         ids = ids if isinstance(ids, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(ids))
         self.ids = ids.to(device)
         self.row_starts = torch.arange(dist.rank, rows, dist.world_size, device=device) * self.width
         self.columns = torch.arange(window, device=device)
+
+    def head(self, share: float) -> HeldOut:
+        """The first `share` of the text laid out the same way; the whole of it when that part
+        would not give every stream at least two windows."""
+        chars = math.ceil(share * len(self.ids))
+        if chars < 2 * self.streams * self.window:
+            return self
+        return HeldOut(self.ids[:chars], self.streams, self.window, self.ids.device, self.dist)
 
     def __len__(self) -> int:
         return math.ceil(self.width / self.window)

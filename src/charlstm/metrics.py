@@ -49,8 +49,10 @@ class MetricsLog:
 
 
 def format_record(record: dict[str, Any]) -> str:
+    # an early validation scores only the first part of the held-out text
+    part = f" on {record['val_chars']:,} chars" if "val_chars" in record else ""
     return (
         f"step {record['step']:>6}  epoch {record['epoch']:.2f}  train {record['train_loss']:.4f}  "
-        f"val {record['val_loss']:.4f} ({record['val_bpc']:.3f} bpc)  "
+        f"val {record['val_loss']:.4f} ({record['val_bpc']:.3f} bpc{part})  "
         f"{record['chars_per_sec']:,.0f} chars/s  {record['elapsed_s']:.0f}s"
     )

@@ -41,6 +41,7 @@ def default_eval_interval(num_val_windows: int, steps_per_epoch: int = 1) -> int
 @dataclass(frozen=True)
 class Decision:
     validate: bool = False
+    partial: bool = False  # validate on the first part of the held-out text only (early in a run)
     save: bool = False
     stop: bool = False  # asked to stop (a signal): save and end without validating
     out_of_time: bool = False  # --max-time reached: validate, save and end
@@ -76,6 +77,9 @@ class Policy:
         """Start the clock, `elapsed_s` into the run (a resumed run keeps its time)."""
         self._started, self._offset = self.clock(), elapsed_s
         self._last_save = self._started
+        # The time every rank agrees on at the last decision: what the learning-rate schedule
+        # reads, so that no rank steps at a different rate.
+        self.agreed_elapsed = elapsed_s
 
     def elapsed(self) -> float:
         return self._offset + self.clock() - self._started
@@ -92,7 +96,8 @@ class Policy:
         if not (validate or interval_save or last or step % self.poll_steps == 0):
             return Decision()
         now = self.clock()
-        late = config.max_time is not None and self._offset + now - self._started >= config.max_time
+        elapsed = self._offset + now - self._started
+        late = config.max_time is not None and elapsed >= config.max_time
         save_due = config.checkpoint_seconds > 0 and now - self._last_save >= config.checkpoint_seconds
         flags = torch.stack(
             [
@@ -100,14 +105,20 @@ class Policy:
                 torch.tensor(float(late), device=loss.device),
                 torch.tensor(float(save_due), device=loss.device),
                 (~torch.isfinite(loss.detach())).float().reshape(()),
+                torch.tensor(elapsed, device=loss.device),
             ]
         )
-        agreed = self.dist.all_reduce(flags, dist.ReduceOp.MAX).tolist()  # one read back
+        *agreed, self.agreed_elapsed = self.dist.all_reduce(
+            flags, dist.ReduceOp.MAX
+        ).tolist()  # one read back
         stop, late, save_due, non_finite = (bool(f) for f in agreed)
         ends = stop or late or last
+        # An early validation scores part of the held-out text: it shows progress, never a best.
+        partial = step in self.early_evals and not ends
         return Decision(
             validate=(validate or late or last) and not stop,
-            save=validate or interval_save or save_due or ends,
+            partial=partial,
+            save=(validate and not partial) or interval_save or save_due or ends,
             stop=stop,
             out_of_time=late,
             non_finite=non_finite,

@@ -20,7 +20,7 @@ HIDDEN_SIZES = (64, 128, 256, 512, 1024)
 # The largest hidden size each device trains at a useful pace (2 layers).
 DEVICE_MAX_HIDDEN = {"cpu": 256, "mps": 512, "cuda": 1024}
 # (batch_size, seq_len) per device: small windows keep CPU steps short; a GPU wants volume.
-DEVICE_WINDOW = {"cpu": (32, 64), "mps": (64, 128), "cuda": (128, 128)}
+DEVICE_WINDOW = {"cpu": (16, 64), "mps": (64, 128), "cuda": (128, 128)}
 NUM_LAYERS = 2
 # The options `auto` chooses; every other option has the same default in both presets.
 AUTO_CHOSEN = (
@@ -30,6 +30,7 @@ AUTO_CHOSEN = (
     "batch_size",
     "seq_len",
     "learning_rate",
+    "lr_decay",
     "lr_patience",
     "stop_patience",
     "epochs",
@@ -49,7 +50,7 @@ def lstm_parameters(hidden_size: int, vocab_size: int, num_layers: int = NUM_LAY
 
 def auto_learning_rate(hidden_size: int) -> float:
     """Adam's rate for a model of this width: wider models want smaller steps."""
-    return 3e-3 if hidden_size <= 256 else 2e-3 if hidden_size <= 512 else 1e-3
+    return 5e-3 if hidden_size <= 256 else 2e-3 if hidden_size <= 512 else 1e-3
 
 
 def preset_options(
@@ -88,6 +89,7 @@ def auto_options(
         "batch_size": batch,
         "seq_len": seq,
         "learning_rate": learning_rate,
+        "lr_decay": "cosine",
         "lr_patience": 2,
         "stop_patience": 8,
         "epochs": epochs,
@@ -97,7 +99,8 @@ def auto_options(
         f"{num_chars / 1e6:.2f}M characters (char-rnn's advice) and within {device_type}'s cap of {cap}",
         f"dropout {dropout}: {ratio:.2f} parameters per character",
         f"batch {batch} x seq {seq}, learning rate {learning_rate}: sized for {device_type}",
-        f"up to {epochs} epochs; the learning rate halves after 2 validations without a new best, "
-        "and the run stops after 8",
+        f"the learning rate lowered to a tenth along a cosine over the run (up to {epochs} epochs, "
+        "or --max-time when given)",
+        "the learning rate halves after 2 validations without a new best, and the run stops after 8",
     ]
     return options, why

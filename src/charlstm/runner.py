@@ -194,8 +194,7 @@ def train(
             progress.converged = bool(patience) and progress.evals_since_best >= patience
             check_work_left(trainer, out_dir)
             if options.get("learning_rate") is not None:  # replaces the rate the run had reached
-                for group in trainer.optimizer.param_groups:
-                    group["lr"] = config.learning_rate
+                trainer.progress.lr_scale = 1.0
             if ctx.is_main:
                 MetricsLog(out_dir / "metrics.jsonl").rewrite(trainer.progress.history)
         if ctx.is_main:
@@ -205,6 +204,9 @@ def train(
             hooks.on_start(summary)
         trainer.fit()
         run_folder.plot_curves()
+        # Every rank leaves together: a rank that tears its process group down while rank 0 still
+        # writes can abort in the communication library's threads.
+        ctx.barrier()
     finally:
         teardown(ctx)
     return out_dir

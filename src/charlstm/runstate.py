@@ -67,7 +67,6 @@ def capture(trainer: Trainer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     meta = {
         "progress": asdict(trainer.progress),
         "optimizer": [{k: g[k] for k in ADAM_NUMERIC if k in g} for g in optimizer["param_groups"]],
-        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler else None,
         "rng_python": _to_json(random.getstate()),
         "rng_numpy": [numpy_state[0], *(_to_json(x) for x in numpy_state[2:])],
         "hidden_parts": len(parts),
@@ -120,8 +119,8 @@ def _restore(trainer: Trainer, tensors: dict[str, torch.Tensor], meta: dict[str,
     for group, saved in zip(optimizer["param_groups"], meta["optimizer"], strict=True):
         group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     trainer.optimizer.load_state_dict(optimizer)
-    if trainer.scheduler is not None and meta.get("scheduler"):
-        trainer.scheduler.load_state_dict(meta["scheduler"])
+    if meta.get("scheduler"):  # saved before the schedule: the rate reached held the halvings
+        trainer.progress.lr_scale = float(meta["optimizer"][0]["lr"]) / trainer.config.learning_rate
 
     rank = dist.rank if meta.get("world_size", 1) == dist.world_size else 0
     torch.set_rng_state(tensors.get(f"rng.torch.rank{rank}", tensors["rng.torch"]))

@@ -22,8 +22,12 @@ from .data import StreamBatches
 from .distributed import DistContext
 from .errors import CharLSTMError
 from .evaluation import HeldOut
+from .lr_schedule import decay_factor, fraction_done, halving_due, warmup_factor
 from .model import CharRNN, State, detach_state
 from .policy import Decision, Policy, default_eval_interval
+
+# The share of the held-out text the early validations score.
+EARLY_VALIDATION_SHARE = 1 / 8
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Progress:
     best_val_loss: float = math.inf
     evals_since_best: int = 0
     converged: bool = False  # stopped by --stop-patience: no new best for that many validations
+    lr_scale: float = 1.0  # 0.5 ** the halvings --lr-patience has made
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -102,17 +107,16 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             model.parameters(), lr=config.learning_rate, fused=fused, foreach=None if fused else True
         )
-        self.scheduler = None
-        if config.lr_patience:  # halve the rate after lr_patience validations with no new best
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, factor=0.5, patience=config.lr_patience - 1, threshold=0.0
-            )
         self.progress = Progress()
         self.state: State | None = None
         self.eval_interval = config.eval_interval or default_eval_interval(len(held_out), len(train_batches))
-        # The default schedule also validates a quarter and half-way into the first interval,
-        # so a run shows where it is heading within its first minute.
+        # The default schedule also validates a quarter and half-way into the first interval, on
+        # the first part of the held-out text, so a run shows early where it is heading at little
+        # cost (not when that part would be the whole of a short text).
+        self.early_held_out = held_out.head(EARLY_VALIDATION_SHARE)
         early = {self.eval_interval // 4, self.eval_interval // 2} - {0}
+        if self.early_held_out is held_out:
+            early = set()
         self.policy = Policy(
             config,
             self.total_steps,
@@ -132,6 +136,17 @@ class Trainer:
     def total_steps(self) -> int:
         total = self.config.epochs * self.steps_per_epoch
         return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def learning_rate(self) -> float:
+        """The rate for the next step (lr_schedule.py)."""
+        config, progress = self.config, self.progress
+        done = fraction_done(progress.step, self.total_steps, self.policy.agreed_elapsed, config.max_time)
+        return (
+            config.learning_rate
+            * progress.lr_scale
+            * warmup_factor(progress.step + 1, config.warmup_steps)
+            * decay_factor(done, config.lr_decay)
+        )
 
     def autocast(self) -> torch.autocast:
         enabled = self.config.precision == "bf16" and self.device.type == "cuda"
@@ -167,6 +182,8 @@ class Trainer:
             if progress.window >= self.steps_per_epoch:
                 progress.epoch, progress.window, self.state = progress.epoch + 1, 0, None
             window = self.train_batches[progress.window]
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate()
             loss = self.train_step(window.inputs, window.targets)
             progress.step += 1
             progress.window += 1
@@ -187,7 +204,7 @@ class Trainer:
         interval.pause()
         self.progress.elapsed_s = self.policy.elapsed()  # what a best/ saved while validating records
         if decision.validate and interval.steps:
-            self._validate(interval)
+            self._validate(interval, decision.partial)
             self.progress.elapsed_s = self.policy.elapsed()
         if decision.save:
             if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
@@ -196,11 +213,12 @@ class Trainer:
             self.policy.saved()
         interval.resume()
 
-    def _validate(self, interval: _Interval) -> None:
+    def _validate(self, interval: _Interval, partial: bool = False) -> None:
         train_loss = self.dist.all_reduce(interval.loss.clone()).item() / self.dist.world_size
         if not math.isfinite(train_loss):
             self._diverged(f"the loss became {train_loss} by step {self.progress.step}")
-        val_loss = self.evaluate()
+        held_out = self.early_held_out if partial else self.held_out
+        val_loss = held_out.loss(self.model, self.autocast)
         progress = self.progress
         record = {
             "step": progress.step,
@@ -212,15 +230,17 @@ class Trainer:
             "elapsed_s": round(self.policy.elapsed(), 2),
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
+        if partial:
+            record["val_chars"] = held_out.pairs  # part of the held-out text: not a candidate for best
         interval.reset()
         progress.history.append(record)
-        is_best = val_loss < progress.best_val_loss
+        is_best = not partial and val_loss < progress.best_val_loss
         if is_best:
             progress.best_val_loss, progress.evals_since_best = val_loss, 0
-        else:
+        elif not partial:
             progress.evals_since_best += 1
-        if self.scheduler is not None:
-            self.scheduler.step(val_loss)
+            if halving_due(progress.evals_since_best, self.config.lr_patience):
+                progress.lr_scale /= 2
         stop_patience = self.config.stop_patience
         progress.converged = bool(stop_patience) and progress.evals_since_best >= stop_patience
         self.hooks.on_eval(self, record, is_best)
