@@ -44,7 +44,7 @@ bench: install
 
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py --minutes 10
-	$(BIN)/python benchmarks/bench_levers.py --minutes 2
+	$(BIN)/python benchmarks/bench_levers.py
 	$(BIN)/python benchmarks/report.py
 
 clean:
