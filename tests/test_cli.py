@@ -448,3 +448,32 @@ def test_resuming_a_run_with_nothing_left_to_do_is_one_line_and_exit_1(tmp_path,
     assert "--max-time" in one_error_line(capsys, stdout="")
     assert main(["train", "--resume", str(out), "--quiet", "--max-time", "0.5"]) == 0
     assert "saved" in capsys.readouterr().out
+
+
+def test_busy_cpu_advice_only_when_the_cores_are_taken():
+    from charlstm.cli_train import busy_cpu_advice
+
+    assert busy_cpu_advice(load=0.2, cores=2, threads=2) is None, "an idle machine: two threads are faster"
+    assert busy_cpu_advice(load=1.9, cores=2, threads=1) is None, "one thread already"
+    advice = busy_cpu_advice(load=1.9, cores=2, threads=2)
+    assert advice is not None and "--threads 1" in advice and "load 1.9 on 2 cores" in advice
+    assert "--threads 12" in busy_cpu_advice(load=4.0, cores=16, threads=16)
+    assert busy_cpu_advice(load=4.0, cores=16, threads=8) is None
+
+
+def test_a_busy_machine_is_told_in_the_run_summary(tmp_path, tiny_text_file, capsys, monkeypatch):
+    import os
+
+    import torch
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 7.0, 6.0), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        flags = [f for f in TINY_FLAGS if f != "--quiet"]
+        assert main(["train", str(tiny_text_file), "--out", str(tmp_path / "run"), *flags]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == [notes[0]] and "--threads 1" in notes[0], notes

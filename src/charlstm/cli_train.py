@@ -4,6 +4,7 @@ asking the run to stop and save."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -20,6 +21,20 @@ from .trainer import Hooks, Trainer
 from .vocab import describe_chars
 
 PROGRESS_REFRESH_S = 1.0
+
+
+def busy_cpu_advice(load: float, cores: int, threads: int) -> str | None:
+    """Advice when other programs already keep the cores busy. Two programs whose OpenMP threads
+    outnumber the cores wait on each other, and one thread can then train many times faster than
+    two (docs/benchmarks.md, "Threads on a busy machine")."""
+    free = cores - load
+    if threads <= 1 or free >= threads - 0.5:
+        return None
+    fewer = max(1, int(free))
+    return (
+        f"this machine is busy (load {load:.1f} on {cores} cores) and PyTorch uses {threads} threads: "
+        f"if training is slow, --threads {fewer} can be many times faster"
+    )
 
 
 class ProgressReporter(Hooks):
@@ -47,6 +62,9 @@ class ProgressReporter(Hooks):
             f"{summary['total_steps']} steps, validation every {summary['eval_interval']} steps",
         ]
         lines += [f"chosen: {why}" for why in summary.get("chosen", [])]
+        if summary["device"] == "cpu" and summary["world_size"] == 1 and hasattr(os, "getloadavg"):
+            advice = busy_cpu_advice(os.getloadavg()[0], os.cpu_count() or 1, torch.get_num_threads())
+            lines += [f"note: {advice}"] if advice else []
         if "init_from" in summary:
             start, added = summary["init_from"], summary["init_from"]["added"]
             lines.append(
