@@ -182,8 +182,9 @@ class Trainer:
             if progress.window >= self.steps_per_epoch:
                 progress.epoch, progress.window, self.state = progress.epoch + 1, 0, None
             window = self.train_batches[progress.window]
+            rate = self.learning_rate()
             for group in self.optimizer.param_groups:
-                group["lr"] = self.learning_rate()
+                group["lr"] = rate
             loss = self.train_step(window.inputs, window.targets)
             progress.step += 1
             progress.window += 1
