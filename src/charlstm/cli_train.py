@@ -28,7 +28,7 @@ def busy_cpu_advice(load: float, cores: int, threads: int) -> str | None:
     outnumber the cores wait on each other, and one thread can then train many times faster than
     two (docs/benchmarks.md, "Threads on a busy machine")."""
     free = cores - load
-    if threads <= 1 or free >= threads - 0.5:
+    if threads <= 1 or free >= threads - 1:  # a core short is not yet contention worth a note
         return None
     fewer = max(1, int(free))
     return (
