@@ -4,11 +4,12 @@ Each variant is `charlstm.train()` on the bundled novel with `--max-time` the bu
 less the options named, in its own process, one after the other, with the same thread count. The
 curve is a full validation pass at the same wall-time points as bench_quality.py (weights copied at
 each point, scored after training, not in the clock); each run's own validation is in its clock.
-Prints one JSON object, also written (not with --quick) to docs/bench/levers.json; then
+Prints one JSON object, also written (not with --quick) to docs/bench/levers.json (levers_10min.json
+for --minutes 10, whose table sets the variants beside bench_quality.py's 10-minute run); then
 `python benchmarks/report.py` renders the table in docs/benchmarks.md.
 
     python benchmarks/bench_levers.py                 # 1 minute per variant, about 10 minutes
-    python benchmarks/bench_levers.py --minutes 1 --variants defaults no_decay
+    python benchmarks/bench_levers.py --minutes 10 --variants dropout_0 lr_final_0.1   # levers_10min.json
     python benchmarks/bench_levers.py --quick         # smoke test: 20 steps of a tiny model each
 """
 
@@ -25,13 +26,16 @@ from benchutil import log, run_json, set_threads, write_result
 
 # name -> (what changes, the options given to charlstm.train beside the budget)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "defaults": ("the defaults (batch 16 x 64, lr 0.005, cosine decay over the budget)", {}),
-    "before": ("the previous defaults: batch 32 x 64, lr 0.003, constant rate",
-               {"batch_size": 32, "learning_rate": 0.003, "lr_decay": "none"}),
+    "defaults": ("the defaults (batch 16 x 64, lr 0.005, cosine to zero over the budget, dropout 0.1)", {}),
+    "before": ("the defaults before the levers: batch 32 x 64, lr 0.003, constant rate, dropout 0",
+               {"batch_size": 32, "learning_rate": 0.003, "lr_decay": "none", "dropout": 0.0}),
     "batch_32": ("batch 32 x 64", {"batch_size": 32}),
     "lr_0.003": ("learning rate 0.003", {"learning_rate": 0.003}),
     "no_decay": ("a constant rate (--lr-decay none)", {"lr_decay": "none"}),
     "warmup_100": ("a warm-up over 100 steps", {"warmup_steps": 100}),
+    "dropout_0": ("dropout 0", {"dropout": 0.0}),
+    "dropout_0.25": ("dropout 0.25", {"dropout": 0.25}),
+    "lr_final_0.1": ("the rate decays to a tenth, not to zero (nanoGPT's floor)", {"lr_final": 0.1}),
 }
 
 
@@ -70,7 +74,12 @@ def main() -> None:
         log(f"{name}: {entry['final_val_loss']} at the end, 2.0 at {entry['time_to_val_2_0_s']} s")
     result = {"config": {"minutes": args.minutes, "threads": args.threads, "seed": args.seed,
                          "quick": args.quick}, "variants": variants}
-    write_result(result, "levers", args.threads, args.quick)
+    write_result(result, result_name(args.minutes), args.threads, args.quick)
+
+
+def result_name(minutes: float) -> str:
+    """docs/bench/levers.json for the 1-minute table; a longer budget has its own file and table."""
+    return "levers" if minutes == 1 else f"levers_{minutes:g}min"
 
 
 if __name__ == "__main__":

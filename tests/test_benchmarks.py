@@ -296,3 +296,25 @@ def test_bench_threads_quick_measures_both_thread_counts_idle_and_busy():
     for condition in ("idle", "busy"):
         assert set(result[condition]) == {"1", "2"}
         assert all(v["median"] > 0 and len(v["chars_per_sec"]) == 1 for v in result[condition].values())
+
+
+def test_a_longer_lever_budget_has_its_own_file_and_table_headed_by_the_defaults_run():
+    import report
+    from bench_levers import result_name
+
+    assert (result_name(1), result_name(10)) == ("levers", "levers_10min")
+    variant = {"what": "dropout 0", "val_loss_at_1_min": 1.55, "final_val_loss": 1.36,
+               "time_to_val_2_0_s": 10.0, "steps": 12000, "eval_fraction_of_wall": 0.08}
+    levers = {"config": {"minutes": 10, "seed": 1, "threads": 2}, "variants": {"dropout_0": variant},
+              "command": "python benchmarks/bench_levers.py --minutes 10 --variants dropout_0"}
+    charlstm = {"summary": {"steps": 11000, "eval_fraction_of_wall": 0.09}, "final_val_loss": 1.33,
+                "val_loss_at_minutes": {"1": 1.54}, "time_to_val_2_0_s": 10.0}
+    quality = {"config": {"minutes": 10}, "methods": {"charlstm": charlstm}}
+    table = report.render_levers(levers, quality)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert "bench_quality.py's 10-minute run" in rows[2] and "**1.330**" in rows[2]
+    assert "dropout 0" in rows[3] and "**1.360**" in rows[3]
+    assert "--minutes 10 --variants dropout_0" in table
+    # a quality run of another length is not a reference for this budget
+    other = report.render_levers(levers, {**quality, "config": {"minutes": 5}})
+    assert len([line for line in other.splitlines() if line.startswith("| ")]) == 3

@@ -9,7 +9,7 @@ from test_trainer import FakeClock, make_trainer
 
 from charlstm.config import TrainConfig
 from charlstm.errors import CharLSTMError
-from charlstm.lr_schedule import FINAL_FRACTION, decay_factor, fraction_done, halving_due, warmup_factor
+from charlstm.lr_schedule import decay_factor, fraction_done, halving_due, warmup_factor
 
 TEXT = "the cat sat on the mat. " * 40
 
@@ -19,17 +19,19 @@ def test_warmup_rises_linearly_to_the_full_rate_and_stays():
     assert warmup_factor(1, 0) == 1.0, "0 turns the warm-up off"
 
 
+@pytest.mark.parametrize("final", [0.0, 0.1])
 @pytest.mark.parametrize("decay", ["cosine", "linear"])
-def test_decay_runs_from_the_peak_to_a_tenth_and_never_rises(decay):
-    values = [decay_factor(i / 100, decay) for i in range(101)]
-    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(FINAL_FRACTION)
+def test_decay_runs_from_the_peak_to_its_final_fraction_and_never_rises(decay, final):
+    values = [decay_factor(i / 100, decay, final) for i in range(101)]
+    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(final)
     assert all(a >= b for a, b in itertools.pairwise(values))
-    assert decay_factor(1.7, decay) == pytest.approx(FINAL_FRACTION), "past the end it stays at the floor"
+    assert decay_factor(1.7, decay, final) == pytest.approx(final), "past the end it stays at the floor"
+    assert decay_factor(1.0, decay) == 0.0, "to zero unless told otherwise"
 
 
 def test_the_cosine_is_halfway_at_half_the_run_and_none_is_constant():
-    assert decay_factor(0.5, "cosine") == pytest.approx((1 + FINAL_FRACTION) / 2)
-    assert decay_factor(0.5, "linear") == pytest.approx((1 + FINAL_FRACTION) / 2)
+    assert decay_factor(0.5, "cosine", 0.1) == pytest.approx(0.55)
+    assert decay_factor(0.5, "linear", 0.1) == pytest.approx(0.55)
     assert decay_factor(0.25, "cosine") > decay_factor(0.25, "linear"), "the cosine stays high for longer"
     assert {decay_factor(f, "none") for f in (0.0, 0.5, 1.0)} == {1.0}
 
@@ -50,6 +52,9 @@ def test_bad_schedule_options_are_one_clear_error():
         TrainConfig(lr_decay="step")
     with pytest.raises(CharLSTMError, match="--warmup-steps must be 0"):
         TrainConfig(warmup_steps=-1)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(CharLSTMError, match=r"--lr-final must be in \[0, 1\]"):
+            TrainConfig(lr_final=bad)
 
 
 def rates_of(trainer) -> list[float]:
@@ -71,6 +76,15 @@ def test_the_trainer_steps_at_the_scheduled_rate():
     assert trainer.progress.history[-1]["learning_rate"] == pytest.approx(expected[-1])
 
 
+def test_lr_final_sets_where_the_decay_ends():
+    trainer = make_trainer(
+        TEXT, learning_rate=0.01, lr_decay="linear", lr_final=0.2, max_steps=20, epochs=100
+    )
+    rates = rates_of(trainer)
+    assert rates == pytest.approx([0.01 * decay_factor(s / 20, "linear", 0.2) for s in range(20)])
+    assert rates[-1] > 0.01 * 0.2, "the last step is still above the floor it was heading for"
+
+
 def test_with_max_time_the_rate_decays_by_the_clock():
     """A run told its budget ends at the low rate however few steps it managed."""
     clock = FakeClock()  # every reading one second on
@@ -86,7 +100,7 @@ def test_with_max_time_the_rate_decays_by_the_clock():
     rates = rates_of(trainer)
     assert trainer.progress.step < trainer.total_steps / 100, "the budget, not the steps, ended the run"
     assert rates[0] == pytest.approx(0.01)
-    assert rates[-1] < 0.01 * (FINAL_FRACTION + 0.1), "near the floor when the time is used up"
+    assert rates[-1] < 0.01 * 0.1, "near zero when the time is used up"
     assert all(a >= b for a, b in itertools.pairwise(rates))
     assert not math.isclose(
         rates[-1], 0.01 * decay_factor(trainer.progress.step / trainer.total_steps, "cosine")

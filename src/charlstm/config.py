@@ -122,9 +122,10 @@ class TrainConfig:
     warmup_steps: int = _opt(0, "raise the learning rate linearly from zero over this many steps")
     lr_decay: str = _opt(
         "none",
-        "lower the learning rate to a tenth over the run: its steps, or --max-time when that comes first",
+        "lower the learning rate to --lr-final over the run: its steps, or --max-time when that comes first",
         choices=LR_DECAYS,
     )
+    lr_final: float = _opt(0.0, "where --lr-decay ends, as a fraction of --learning-rate")
     lr_patience: int = _opt(
         0, "halve the learning rate after this many validations without a new best (0: never)"
     )
@@ -171,6 +172,7 @@ class TrainConfig:
             self.lr_decay in LR_DECAYS,
             f"--lr-decay must be one of {', '.join(LR_DECAYS)}, not {self.lr_decay!r}",
         )
+        _require(0.0 <= self.lr_final <= 1.0, f"--lr-final must be in [0, 1], not {self.lr_final}")
         _require(self.lr_patience >= 0, f"--lr-patience must be 0 (off) or more, not {self.lr_patience}")
         _require(
             self.stop_patience >= 0, f"--stop-patience must be 0 (off) or more, not {self.stop_patience}"

@@ -2,18 +2,17 @@
 
     rate = learning_rate x warm-up(step) x decay(fraction of the run done) x 0.5 ** halvings
 
-The warm-up keeps Adam's first, badly estimated steps small. The decay ends a run at a tenth of
-its peak rate, where the loss settles lower than at a constant rate; a run told its budget
-(`--max-time`) measures how far it is by the clock when that comes before its last step, so it
-ends at the low rate whatever the machine's speed. The halvings (`--lr-patience`) answer a plateau
-the schedule did not foresee.
+The warm-up keeps Adam's first, badly estimated steps small. The decay ends a run at `final` times
+its peak rate (0 by default: on the bundled novel a 10-minute run ended lower decaying to zero than
+to nanoGPT's tenth, docs/benchmarks.md), where the loss settles lower than at a constant rate; a
+run told its budget (`--max-time`) measures how far it is by the clock when that comes before its
+last step, so it ends at the low rate whatever the machine's speed. The halvings (`--lr-patience`)
+answer a plateau the schedule did not foresee.
 """
 
 from __future__ import annotations
 
 import math
-
-FINAL_FRACTION = 0.1  # of the peak rate, at the end of a decayed run (nanoGPT's choice)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -21,13 +20,13 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
-def decay_factor(fraction_done: float, decay: str) -> float:
-    """1 at the start of the run, FINAL_FRACTION at its end."""
+def decay_factor(fraction_done: float, decay: str, final: float = 0.0) -> float:
+    """1 at the start of the run, `final` at its end."""
     done = min(1.0, max(0.0, fraction_done))
     if decay == "cosine":
-        return FINAL_FRACTION + (1 - FINAL_FRACTION) * 0.5 * (1 + math.cos(math.pi * done))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * done))
     if decay == "linear":
-        return FINAL_FRACTION + (1 - FINAL_FRACTION) * (1 - done)
+        return final + (1 - final) * (1 - done)
     return 1.0
 
 

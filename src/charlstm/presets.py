@@ -38,6 +38,10 @@ AUTO_CHOSEN = (
 # A short text needs many passes before it is learnt; plateau stopping ends the run in time.
 MIN_EPOCHS, MAX_EPOCHS, EPOCH_CHARS = 20, 200, 20_000_000
 MIN_WINDOWS = 8
+# Parameters per character x passes below which a run sees too little of its text to memorise it:
+# no dropout. The bundled novel on a CPU (0.46 x 20 epochs) overfits within a 10-minute run at
+# dropout 0 (docs/benchmarks.md).
+MEMORISING_EXPOSURE = 2.0
 
 
 def lstm_parameters(hidden_size: int, vocab_size: int, num_layers: int = NUM_LAYERS) -> int:
@@ -51,6 +55,14 @@ def lstm_parameters(hidden_size: int, vocab_size: int, num_layers: int = NUM_LAY
 def auto_learning_rate(hidden_size: int) -> float:
     """Adam's rate for a model of this width: wider models want smaller steps."""
     return 5e-3 if hidden_size <= 256 else 2e-3 if hidden_size <= 512 else 1e-3
+
+
+def auto_dropout(params_per_char: float, epochs: int) -> float:
+    """Dropout for a model with `params_per_char` parameters per character of its text, trained
+    for up to `epochs` passes: more parameters per character, and more passes, overfit sooner."""
+    if params_per_char * epochs < MEMORISING_EXPOSURE:
+        return 0.0
+    return 0.1 if params_per_char < 1 else 0.2 if params_per_char < 2 else 0.3
 
 
 def preset_options(
@@ -71,8 +83,8 @@ def auto_options(
     hidden = fitting[-1] if fitting else HIDDEN_SIZES[0]
     params = lstm_parameters(hidden, vocab_size)
     ratio = params / num_chars
-    # More parameters per character overfit sooner: regularise in proportion.
-    dropout = 0.0 if ratio < 0.5 else 0.1 if ratio < 1 else 0.2 if ratio < 2 else 0.3
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(EPOCH_CHARS / num_chars)))
+    dropout = auto_dropout(ratio, epochs)
     batch, seq = DEVICE_WINDOW.get(device_type, DEVICE_WINDOW["cpu"])
     # A short text still needs several windows per epoch and one window of validation text.
     train_chars = (1 - val_frac) * num_chars
@@ -80,7 +92,6 @@ def auto_options(
         batch //= 2
     while seq > 8 and train_chars // (batch * seq) < MIN_WINDOWS:
         seq //= 2
-    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(EPOCH_CHARS / num_chars)))
     learning_rate = auto_learning_rate(hidden)
     options = {
         "hidden_size": hidden,
@@ -97,9 +108,9 @@ def auto_options(
     why = [
         f"hidden size {hidden}: the largest whose {params / 1e6:.2f}M parameters stay within twice the "
         f"{num_chars / 1e6:.2f}M characters (char-rnn's advice) and within {device_type}'s cap of {cap}",
-        f"dropout {dropout}: {ratio:.2f} parameters per character",
+        f"dropout {dropout}: {ratio:.2f} parameters per character, up to {epochs} passes over the text",
         f"batch {batch} x seq {seq}, learning rate {learning_rate}: sized for {device_type}",
-        f"the learning rate lowered to a tenth along a cosine over the run (up to {epochs} epochs, "
+        f"the learning rate lowered to zero along a cosine over the run (up to {epochs} epochs, "
         "or --max-time when given)",
         "the learning rate halves after 2 validations without a new best, and the run stops after 8",
     ]

@@ -145,7 +145,7 @@ class Trainer:
             config.learning_rate
             * progress.lr_scale
             * warmup_factor(progress.step + 1, config.warmup_steps)
-            * decay_factor(done, config.lr_decay)
+            * decay_factor(done, config.lr_decay, config.lr_final)
         )
 
     def autocast(self) -> torch.autocast:
