@@ -119,14 +119,16 @@ def cpu_model() -> str:
 
 
 def git_commit() -> str:
-    """The short commit checked out, with "+changes" when the working tree differs from it."""
+    """The short commit checked out, with "+changes" when the working tree differs from it outside
+    docs/ (where the benchmarks write their results: one script's JSON must not mark the next's)."""
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
                                   check=True).stdout.strip()
 
         commit = git("rev-parse", "--short", "HEAD")
-        return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs")
+        return commit + ("+changes" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

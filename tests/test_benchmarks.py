@@ -318,3 +318,18 @@ def test_a_longer_lever_budget_has_its_own_file_and_table_headed_by_the_defaults
     # a quality run of another length is not a reference for this budget
     other = report.render_levers(levers, {**quality, "config": {"minutes": 5}})
     assert len([line for line in other.splitlines() if line.startswith("| ")]) == 3
+
+
+def test_gpu_goals_are_unmeasured_unless_the_gpu_run_is_of_the_same_commit():
+    import report
+
+    quality = {"machine": {"commit": "abc1234"}}
+    runs = [{"best_val_loss": 1.21, "time_to_val_1.3_s": 20.0},
+            {"best_val_loss": 1.25, "time_to_val_1.3_s": None}]
+    same = report.gpu_target_rows(quality, {"machine": {"commit": "abc1234"}, "time_to_quality": runs})
+    assert "| 1.2100 | yes |" in same[0] and "| 20.0 s | yes |" in same[1]
+    older = report.gpu_target_rows(quality, {"machine": {"commit": "0ld0ld0"}, "time_to_quality": runs})
+    assert all("unmeasured on this code" in line and line.endswith("| unmeasured |") for line in older)
+    assert "1.2100 at commit 0ld0ld0" in older[0]
+    none = report.gpu_target_rows(quality, None)
+    assert all(line.endswith("| unmeasured |") for line in none)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import TINY_TEXT, TINY_TRAIN_OPTIONS, fn_hooks
 
@@ -106,6 +108,20 @@ def test_resume_may_lower_the_learning_rate(tmp_path, tiny_text_file):
     train([], out, resume=True, max_steps=5, learning_rate=1e-5, hooks=hooks)
     # the new rate is the schedule's peak: the cosine goes on from where the run was (5 steps in all)
     assert rates == pytest.approx([1e-5 * decay_factor(step / 5, "cosine") for step in (3, 4)])
+
+
+def test_a_run_saved_before_lr_final_resumes_decaying_to_a_tenth(tmp_path, tiny_text_file):
+    options = {**TINY_TRAIN_OPTIONS, "max_steps": 3, "lr_decay": "linear", "learning_rate": 0.01}
+    out = train([tiny_text_file], tmp_path / "run", **options)
+    config_path = out / "last" / "config.json"
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    del saved["training"]["config"]["lr_final"]
+    config_path.write_text(json.dumps(saved), encoding="utf-8")
+    rates: list[float] = []
+    hooks = fn_hooks(on_step=lambda t, _loss: rates.append(t.optimizer.param_groups[0]["lr"]))
+    train([], out, resume=True, max_steps=5, hooks=hooks)
+    peak = options["learning_rate"]
+    assert rates == pytest.approx([peak * decay_factor(step / 5, "linear", 0.1) for step in (3, 4)])
 
 
 def test_batch_must_divide_among_processes(tmp_path, tiny_text_file, monkeypatch):

@@ -90,6 +90,8 @@ def open_resume(
     config = read_config(last)
     training = config.get("training", {})
     saved_model, saved_train = config["model"], training.get("config", {})
+    if "lr_final" not in saved_train:  # saved before --lr-final: its decay was heading for a tenth
+        saved_train = {**saved_train, "lr_final": 0.1}
     conflicts = [
         f"--{k.replace('_', '-')} {v} (the run has {saved_train.get(k)})"
         for k, v in train_options.items()
