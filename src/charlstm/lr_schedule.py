@@ -3,8 +3,8 @@
     rate = learning_rate x warm-up(step) x decay(fraction of the run done) x 0.5 ** halvings
 
 The warm-up keeps Adam's first, badly estimated steps small. The decay ends a run at `final` times
-its peak rate (0 by default: on the bundled novel a 10-minute run ended lower decaying to zero than
-to nanoGPT's tenth, docs/benchmarks.md), where the loss settles lower than at a constant rate; a
+its peak rate (0 by default; nanoGPT stops at a tenth, which ends within noise of 0 on the bundled
+novel over ten minutes, docs/benchmarks.md), where the loss settles lower than at a constant rate; a
 run told its budget (`--max-time`) measures how far it is by the clock when that comes before its
 last step, so it ends at the low rate whatever the machine's speed. The halvings (`--lr-patience`)
 answer a plateau the schedule did not foresee.
