@@ -45,7 +45,7 @@ bench: install
 bench-quality: install
 	$(BIN)/python benchmarks/bench_quality.py --minutes 10
 	$(BIN)/python benchmarks/bench_levers.py
-	$(BIN)/python benchmarks/bench_levers.py --minutes 10 --variants dropout_0 lr_final_0.1
+	$(BIN)/python benchmarks/bench_levers.py --minutes 10 --variants hidden_256 dropout_0
 	$(BIN)/python benchmarks/report.py
 
 clean:

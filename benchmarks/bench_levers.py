@@ -8,8 +8,8 @@ Prints one JSON object, also written (not with --quick) to docs/bench/levers.jso
 for --minutes 10, whose table sets the variants beside bench_quality.py's 10-minute run); then
 `python benchmarks/report.py` renders the table in docs/benchmarks.md.
 
-    python benchmarks/bench_levers.py                 # 1 minute per variant, about 10 minutes
-    python benchmarks/bench_levers.py --minutes 10 --variants dropout_0 lr_final_0.1   # levers_10min.json
+    python benchmarks/bench_levers.py                 # 1 minute per variant, about 15 minutes
+    python benchmarks/bench_levers.py --minutes 10 --variants hidden_256 dropout_0   # levers_10min.json
     python benchmarks/bench_levers.py --quick         # smoke test: 20 steps of a tiny model each
 """
 
@@ -26,9 +26,12 @@ from benchutil import log, run_json, set_threads, write_result
 
 # name -> (what changes, the options given to charlstm.train beside the budget)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "defaults": ("the defaults (batch 16 x 64, lr 0.005, cosine to zero over the budget, dropout 0.1)", {}),
-    "before": ("the defaults before the levers: batch 32 x 64, lr 0.003, constant rate, dropout 0",
-               {"batch_size": 32, "learning_rate": 0.003, "lr_decay": "none", "dropout": 0.0}),
+    "defaults": ("the defaults", {}),
+    "before": ("the defaults before the levers: 2 x 256, batch 32 x 64, lr 0.003, constant rate, dropout 0",
+               {"hidden_size": 256, "batch_size": 32, "learning_rate": 0.003, "lr_decay": "none",
+                "dropout": 0.0}),
+    "hidden_256": ("2 x 256 at lr 0.005 (the CPU's size before 2 x 384)",
+                   {"hidden_size": 256, "learning_rate": 0.005}),
     "batch_32": ("batch 32 x 64", {"batch_size": 32}),
     "lr_0.003": ("learning rate 0.003", {"learning_rate": 0.003}),
     "no_decay": ("a constant rate (--lr-decay none)", {"lr_decay": "none"}),
@@ -64,6 +67,8 @@ def main() -> None:
         run = run_json(cmd, args.threads, timeout=args.minutes * 60 * 3 + 600)
         analysed = analyse(run, args.minutes)
         what, options = VARIANTS[name]
+        if not options:  # the defaults: say what they were on this run
+            what = analysed["summary"]["label"].replace("charlstm defaults", "the defaults")
         variants[name] = {"what": what, "options": options, "label": analysed["summary"]["label"],
                           "steps": analysed["summary"]["steps"],
                           "eval_fraction_of_wall": analysed["summary"]["eval_fraction_of_wall"],

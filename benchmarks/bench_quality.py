@@ -128,7 +128,8 @@ def train_charlstm(seconds: float, seed: int, tmp: Path, quick: bool = False,
     wall = progress.elapsed_s
     return {
         "label": (f"charlstm defaults (auto: {model.num_layers}x{model.hidden_size} {model.cell.upper()}, "
-                  f"batch {config.batch_size}x{config.seq_len}, lr {config.learning_rate:g})"),
+                  f"batch {config.batch_size}x{config.seq_len}, lr {config.learning_rate:g}, "
+                  f"dropout {model.dropout:g})"),
         "config": {"model": model.to_dict(), "train": config.to_dict(),
                    "eval_interval": trainer.eval_interval},
         "steps": progress.step, "wall_s": round(wall, 3), "train_s": round(train_s, 3),

@@ -1,8 +1,8 @@
 """Serving speed: a real `charlstm serve` process on localhost, 1, 8 and 64 concurrent streaming clients.
 
 Two model sizes with random weights (speed does not depend on what the weights learned): the
-tutorial's 2 x 512 LSTM and the CPU default of `--preset auto` (2 x 256), both over the bundled
-novel's vocabulary. Each level runs 64 requests in all (64 clients x 1, 8 x 8, 1 x 64), each a
+tutorial's 2 x 512 LSTM and the size `--preset auto` picks for the bundled novel on a CPU, both
+over the novel's vocabulary. Each level runs 64 requests in all (64 clients x 1, 8 x 8, 1 x 64), each a
 stream of 200 characters (temperature 1, a different seed each). Measured per level: total
 generated characters per second of wall time, and time to first character (request sent -> first
 non-empty text chunk) p50 and p99. The clients run in this process (asyncio + httpx), so on a small
@@ -33,7 +33,9 @@ from typing import Any
 import httpx
 from benchutil import ROOT, bundled_text_light, child_env, log, machine_info
 
-MODELS = {"tutorial 2 x 512": 512, "CPU default 2 x 256": 256}
+from charlstm.presets import auto_options
+
+TUTORIAL_HIDDEN = 512
 LEVELS = (1, 8, 64)
 REQUEST_TIMEOUT_S = 120.0
 TARGET_SPEEDUP, TARGET_P99_S = 20.0, 1.0
@@ -238,9 +240,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 x 64, 1 and 8 clients, 20 chars")
     ap.add_argument("--out-json", default=str(ROOT / "docs" / "bench" / "serve.json"))
     args = ap.parse_args()
-    models, levels = (MODELS, LEVELS) if not args.quick else ({"quick 2 x 64": 64}, (1, 8))
+    text = bundled_text_light()
+    vocab = sorted(set(text))
+    cpu_hidden = auto_options(len(text), len(vocab), "cpu")[0]["hidden_size"]
+    models = {f"tutorial 2 x {TUTORIAL_HIDDEN}": TUTORIAL_HIDDEN, f"CPU default 2 x {cpu_hidden}": cpu_hidden}
+    models, levels = (models, LEVELS) if not args.quick else ({"quick 2 x 64": 64}, (1, 8))
     chars, requests = (20, 8) if args.quick else (args.chars, args.requests)
-    vocab = sorted(set(bundled_text_light()))
     result: dict[str, Any] = {
         **machine_info(args.threads),  # the machine, commit, command and date
         "load_avg_1m_before": round(os.getloadavg()[0], 2),

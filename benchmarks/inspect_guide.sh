@@ -10,8 +10,8 @@ GRU=${GRU:-/tmp/insp_gru}
 
 show() { echo "\$ $*" >&2; "$@"; }  # on stderr, so it survives the > /dev/null below
 
-[ -d "$LSTM/best" ] || show $CHARLSTM --threads 1 train --out "$LSTM" --max-steps 1700
-[ -d "$GRU/best" ] || show $CHARLSTM --threads 1 train --out "$GRU" --cell gru --max-steps 900
+[ -d "$LSTM/best" ] || show $CHARLSTM --threads 1 train --out "$LSTM" --hidden-size 256 --max-steps 1700
+[ -d "$GRU/best" ] || show $CHARLSTM --threads 1 train --out "$GRU" --hidden-size 256 --cell gru --max-steps 900
 show $CHARLSTM plot "$LSTM" "$GRU" -o docs/curves.png --x time
 show $CHARLSTM --threads 1 inspect "$LSTM" --split val -o /tmp/inspect.html
 show $PYTHON benchmarks/inspect_screenshot.py /tmp/inspect.html docs/inspect.png

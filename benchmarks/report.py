@@ -444,7 +444,7 @@ def blocks(bench: Path = BENCH) -> dict[str, str]:
                "quality": ("quality", "bench_quality.py"), "quality-targets": ("quality", "bench_quality.py"),
                "levers": ("levers", "bench_levers.py"),
                "levers-10min": ("levers_10min",
-                                "bench_levers.py --minutes 10 --variants dropout_0 lr_final_0.1"),
+                                "bench_levers.py --minutes 10 --variants hidden_256 dropout_0"),
                "threads": ("threads", "bench_threads.py"),
                "ddp": ("ddp", "bench_ddp.py"), "gpu": ("gpu_h200", "gpu_check.sh"),
                "serve": ("serve", "bench_serve.py")}

@@ -287,6 +287,9 @@ def test_bench_levers_quick_runs_each_variant_told_its_budget():
         assert entry["curve"] and entry["steps"] == 20 and entry["final_val_loss"] > 0
     assert result["variants"]["no_decay"]["options"] == {"lr_decay": "none"}
     assert "lr_decay" not in result["variants"]["defaults"]["options"]
+    # The defaults' row says what they were on that run (the quick run's tiny model included).
+    assert result["variants"]["defaults"]["what"].startswith("the defaults (auto: 2x")
+    assert "dropout" in result["variants"]["defaults"]["what"]
 
 
 @pytest.mark.slow

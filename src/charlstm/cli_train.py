@@ -25,15 +25,15 @@ PROGRESS_REFRESH_S = 1.0
 
 def busy_cpu_advice(load: float, cores: int, threads: int) -> str | None:
     """Advice when other programs already keep the cores busy. Two programs whose OpenMP threads
-    outnumber the cores wait on each other, and one thread can then train many times faster than
-    two (docs/benchmarks.md, "Threads on a busy machine")."""
+    outnumber the cores wait on each other, and one thread can then train much faster than two
+    (docs/benchmarks.md, "Threads on a busy machine")."""
     free = cores - load
     if threads <= 1 or free >= threads - 1:  # a core short is not yet contention worth a note
         return None
     fewer = max(1, int(free))
     return (
         f"this machine is busy (load {load:.1f} on {cores} cores) and PyTorch uses {threads} threads: "
-        f"if training is slow, --threads {fewer} can be many times faster"
+        f"if training is slow, --threads {fewer} can be much faster"
     )
 
 

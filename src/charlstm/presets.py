@@ -16,9 +16,9 @@ PRESETS = ("auto", "tutorial")
 # What `tutorial` sets beyond the dataclass defaults: one-hot input vectors (an embedding
 # learns a different curve) and the last target of each stream wrapping to its first character.
 TUTORIAL_OPTIONS = {"embedding_size": 0, "wrap_targets": True}
-HIDDEN_SIZES = (64, 128, 256, 512, 1024)
+HIDDEN_SIZES = (64, 128, 256, 384, 512, 1024)
 # The largest hidden size each device trains at a useful pace (2 layers).
-DEVICE_MAX_HIDDEN = {"cpu": 256, "mps": 512, "cuda": 1024}
+DEVICE_MAX_HIDDEN = {"cpu": 384, "mps": 512, "cuda": 1024}
 # (batch_size, seq_len) per device: small windows keep CPU steps short; a GPU wants volume.
 DEVICE_WINDOW = {"cpu": (16, 64), "mps": (64, 128), "cuda": (128, 128)}
 NUM_LAYERS = 2
@@ -54,7 +54,9 @@ def lstm_parameters(hidden_size: int, vocab_size: int, num_layers: int = NUM_LAY
 
 def auto_learning_rate(hidden_size: int) -> float:
     """Adam's rate for a model of this width: wider models want smaller steps."""
-    return 5e-3 if hidden_size <= 256 else 2e-3 if hidden_size <= 512 else 1e-3
+    if hidden_size <= 256:
+        return 5e-3
+    return 3e-3 if hidden_size <= 384 else 2e-3 if hidden_size <= 512 else 1e-3
 
 
 def auto_dropout(params_per_char: float, epochs: int) -> float:
@@ -78,7 +80,7 @@ def auto_options(
     num_chars: int, vocab_size: int, device_type: str, val_frac: float = 0.1
 ) -> tuple[dict[str, Any], list[str]]:
     """Options for a corpus of `num_chars` characters on `device_type`, and why each was chosen."""
-    cap = DEVICE_MAX_HIDDEN.get(device_type, 256)
+    cap = DEVICE_MAX_HIDDEN.get(device_type, DEVICE_MAX_HIDDEN["cpu"])
     fitting = [h for h in HIDDEN_SIZES if lstm_parameters(h, vocab_size) <= 2 * num_chars and h <= cap]
     hidden = fitting[-1] if fitting else HIDDEN_SIZES[0]
     params = lstm_parameters(hidden, vocab_size)
