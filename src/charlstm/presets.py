@@ -39,8 +39,8 @@ AUTO_CHOSEN = (
 MIN_EPOCHS, MAX_EPOCHS, EPOCH_CHARS = 20, 200, 20_000_000
 MIN_WINDOWS = 8
 # Parameters per character x passes below which a run sees too little of its text to memorise it:
-# no dropout. The bundled novel on a CPU is 0.46 x 20 epochs: dropout 0.1, whose effect over ten
-# minutes is within noise and whose cost in the first minute is not (docs/benchmarks.md).
+# no dropout. The bundled novel on a CPU is 0.98 x 20 epochs: dropout 0.1, within noise of dropout 0
+# over ten minutes (docs/benchmarks.md) and there for the longer runs.
 MEMORISING_EXPOSURE = 2.0
 
 
