@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchutil import bundled_text_light, log, run_json, set_threads, write_result
+from benchutil import auto_cpu_sizes, bundled_text_light, log, run_json, set_threads, write_result
 
 METHODS = ("tutorial", "tutorial_auto", "gpt", "charlstm")
 MILESTONES_MIN = (1, 2, 5, 10, 20, 30)
@@ -55,8 +55,6 @@ def child_baseline(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import tutorial_baseline
     from harness import train_for
 
-    from charlstm.presets import auto_options
-
     text = load_text(args.quick)
     if name == "gpt":
         method = gpt_baseline.setup(text, args.seed, 10 if args.quick else 250)
@@ -65,10 +63,7 @@ def child_baseline(name: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         size = {"hidden": 512, "layers": 2, "batch": 100, "seq": 100, "learning_rate": 0.001, "dropout": 0.5}
         if name == "tutorial_auto":
-            auto, _ = auto_options(len(text), len(set(text)), "cpu")
-            size = {"hidden": auto["hidden_size"], "layers": auto["num_layers"], "batch": auto["batch_size"],
-                    "seq": auto["seq_len"], "learning_rate": auto["learning_rate"],
-                    "dropout": auto["dropout"]}
+            size = auto_cpu_sizes(text)
         if args.quick:
             size.update(hidden=32, batch=8, seq=16)
         every = 10 if args.quick else max(1, round(TUTORIAL_CHARS_PER_EVAL / (size["batch"] * size["seq"])))

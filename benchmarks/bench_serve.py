@@ -31,9 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from benchutil import ROOT, bundled_text_light, child_env, log, machine_info
-
-from charlstm.presets import auto_options
+from benchutil import ROOT, auto_cpu_sizes, bundled_text_light, child_env, log, machine_info
 
 TUTORIAL_HIDDEN = 512
 LEVELS = (1, 8, 64)
@@ -242,9 +240,13 @@ def main() -> None:
     args = ap.parse_args()
     text = bundled_text_light()
     vocab = sorted(set(text))
-    cpu_hidden = auto_options(len(text), len(vocab), "cpu")[0]["hidden_size"]
-    models = {f"tutorial 2 x {TUTORIAL_HIDDEN}": TUTORIAL_HIDDEN, f"CPU default 2 x {cpu_hidden}": cpu_hidden}
-    models, levels = (models, LEVELS) if not args.quick else ({"quick 2 x 64": 64}, (1, 8))
+    if args.quick:
+        models, levels = {"quick 2 x 64": 64}, (1, 8)
+    else:
+        cpu_hidden = auto_cpu_sizes(text)["hidden"]
+        models = {f"tutorial 2 x {TUTORIAL_HIDDEN}": TUTORIAL_HIDDEN,
+                  f"CPU default 2 x {cpu_hidden}": cpu_hidden}
+        levels = LEVELS
     chars, requests = (20, 8) if args.quick else (args.chars, args.requests)
     result: dict[str, Any] = {
         **machine_info(args.threads),  # the machine, commit, command and date

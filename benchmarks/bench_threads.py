@@ -18,10 +18,8 @@ import sys
 import time
 
 import torch
-from benchutil import bundled_text_light, log, write_result
+from benchutil import auto_cpu_sizes, bundled_text_light, log, write_result
 from harness import alternate, setup_charlstm
-
-from charlstm.presets import auto_options
 
 COMPETITOR = """
 import sys, time, torch
@@ -34,13 +32,6 @@ print("ready", flush=True)
 while True:
     method.step(0.0)
 """
-
-
-def auto_sizes(text: str) -> dict[str, object]:
-    auto, _ = auto_options(len(text), len(set(text)), "cpu")
-    return {"hidden": auto["hidden_size"], "layers": auto["num_layers"], "batch": auto["batch_size"],
-            "seq": auto["seq_len"], "learning_rate": auto["learning_rate"], "dropout": auto["dropout"],
-            "seed": 1}
 
 
 def measure(method, steps: int, repeats: int) -> dict[str, list[float]]:
@@ -61,7 +52,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: a tiny model, a few steps")
     args = parser.parse_args()
     text = bundled_text_light()
-    options = auto_sizes(text)
+    options = {**auto_cpu_sizes(text), "seed": 1}
     if args.quick:
         args.repeats, args.steps = 1, 3
         options.update(hidden=32, batch=4, seq=16)

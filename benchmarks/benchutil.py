@@ -108,6 +108,15 @@ def bundled_text_light() -> str:
     return lzma.decompress(corpus.read_bytes()).decode("utf-8")
 
 
+def auto_cpu_sizes(text: str) -> dict[str, Any]:
+    """What `--preset auto` picks for `text` on a CPU, in the baselines' keyword names."""
+    from charlstm.presets import auto_options
+
+    auto, _ = auto_options(len(text), len(set(text)), "cpu")
+    return {"hidden": auto["hidden_size"], "layers": auto["num_layers"], "batch": auto["batch_size"],
+            "seq": auto["seq_len"], "learning_rate": auto["learning_rate"], "dropout": auto["dropout"]}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").splitlines():

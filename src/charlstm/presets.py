@@ -22,6 +22,9 @@ DEVICE_MAX_HIDDEN = {"cpu": 384, "mps": 512, "cuda": 1024}
 # (batch_size, seq_len) per device: small windows keep CPU steps short; a GPU wants volume.
 DEVICE_WINDOW = {"cpu": (16, 64), "mps": (64, 128), "cuda": (128, 128)}
 NUM_LAYERS = 2
+# Adam's rate by the widest hidden size it suits; wider models than the last take WIDEST_LEARNING_RATE.
+LEARNING_RATE_UP_TO = ((256, 5e-3), (384, 3e-3), (512, 2e-3))
+WIDEST_LEARNING_RATE = 1e-3
 # The options `auto` chooses; every other option has the same default in both presets.
 AUTO_CHOSEN = (
     "hidden_size",
@@ -54,9 +57,7 @@ def lstm_parameters(hidden_size: int, vocab_size: int, num_layers: int = NUM_LAY
 
 def auto_learning_rate(hidden_size: int) -> float:
     """Adam's rate for a model of this width: wider models want smaller steps."""
-    if hidden_size <= 256:
-        return 5e-3
-    return 3e-3 if hidden_size <= 384 else 2e-3 if hidden_size <= 512 else 1e-3
+    return next((rate for width, rate in LEARNING_RATE_UP_TO if hidden_size <= width), WIDEST_LEARNING_RATE)
 
 
 def auto_dropout(params_per_char: float, epochs: int) -> float:
